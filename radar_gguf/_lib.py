@@ -1,0 +1,166 @@
+"""The native library: the pinned llama-cpp-python 0.3.36 bindings over our patched libllama.
+
+The wheel installs the bindings (``llama_cpp``) with our libraries in ``llama_cpp/lib``; the
+bindings load them from there, or from ``$LLAMA_CPP_LIB_PATH``. Here we check that the library
+that got loaded is ours (it exports the Radar API and reports our version) and bind that API.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+from typing import Any
+
+from . import __version__
+from .config import RadarConfig, RadarStats
+
+
+class LibraryError(ImportError):
+    """The llama library is missing or is not radar_gguf's build."""
+
+
+class llama_radar_params(ctypes.Structure):
+    # struct llama_radar_params (include/llama.h, patch 0001)
+    _fields_ = [
+        ("enabled", ctypes.c_bool),
+        ("score", ctypes.c_int32),
+        ("n_feat", ctypes.c_int32),
+        ("top_k", ctypes.c_int32),
+        ("token_budget", ctypes.c_int32),
+        ("n_sink", ctypes.c_int32),
+        ("n_recent", ctypes.c_int32),
+        ("aspect", ctypes.c_float),
+        ("seg_len_min", ctypes.c_int32),
+        ("dense_below", ctypes.c_int32),
+        ("seed", ctypes.c_uint32),
+        ("shared_gqa", ctypes.c_bool),
+    ]
+
+
+class llama_radar_stats(ctypes.Structure):
+    # struct llama_radar_stats
+    _fields_ = [
+        ("n_decode_radar", ctypes.c_int64),
+        ("n_decode_dense", ctypes.c_int64),
+        ("n_restructure", ctypes.c_int64),
+        ("n_seg_summarized", ctypes.c_int64),
+        ("seg_len", ctypes.c_int32),
+        ("n_seg", ctypes.c_int32),
+        ("n_seg_selected", ctypes.c_int32),
+        ("n_attended", ctypes.c_int32),
+        ("n_kv", ctypes.c_int32),
+    ]
+
+
+@lru_cache(maxsize=1)
+def bindings() -> Any:
+    """Import ``llama_cpp`` (the pinned bindings) and check the library it loaded."""
+    try:
+        import llama_cpp
+        import llama_cpp.llama_cpp as C
+    except FileNotFoundError as e:  # the bindings raise this when libllama is absent
+        where = os.environ.get("LLAMA_CPP_LIB_PATH") or "the llama_cpp/lib folder of the installed package"
+        raise LibraryError(
+            f"radar_gguf: libllama was not found in {where} ({e}). "
+            "Install radar_gguf with `pip install .` (it builds the library), "
+            "or point LLAMA_CPP_LIB_PATH at a directory holding our libllama.so."
+        ) from e
+    except ImportError as e:
+        raise LibraryError(f"radar_gguf: cannot import the llama_cpp bindings: {e}") from e
+
+    lib = C._lib
+    if not hasattr(lib, "llama_radar_build_info"):
+        raise LibraryError(
+            f"radar_gguf: the library loaded from {lib._name} is not radar_gguf's build "
+            "(it has no Radar API; an upstream llama-cpp-python is probably installed over ours, or "
+            "LLAMA_CPP_LIB_PATH points elsewhere). Reinstall with `pip install --force-reinstall .`."
+        )
+    lib.llama_radar_build_info.restype = ctypes.c_char_p
+    info = lib.llama_radar_build_info().decode()
+    want = f"radar_gguf {__version__};"
+    if not info.startswith(want):
+        raise LibraryError(
+            f"radar_gguf {__version__}: the library at {lib._name} reports '{info}'; "
+            "the Python package and the library were built from different versions. Reinstall with `pip install .`."
+        )
+    if llama_cpp.__version__ != "0.3.36":
+        raise LibraryError(f"radar_gguf needs the pinned llama_cpp bindings 0.3.36, found {llama_cpp.__version__}")
+
+    ctx_p = C.llama_context_p_ctypes
+    lib.llama_radar_default_params.argtypes = []
+    lib.llama_radar_default_params.restype = llama_radar_params
+    lib.llama_radar_set_params.argtypes = [ctx_p, ctypes.POINTER(llama_radar_params)]
+    lib.llama_radar_set_params.restype = ctypes.c_int32
+    lib.llama_radar_get_params.argtypes = [ctx_p, ctypes.POINTER(llama_radar_params)]
+    lib.llama_radar_get_params.restype = ctypes.c_int32
+    lib.llama_radar_get_stats.argtypes = [ctx_p, ctypes.POINTER(llama_radar_stats)]
+    lib.llama_radar_get_stats.restype = ctypes.c_int32
+    lib.llama_radar_reset_stats.argtypes = [ctx_p]
+    lib.llama_radar_reset_stats.restype = None
+    lib.llama_radar_strerror.argtypes = [ctypes.c_int32]
+    lib.llama_radar_strerror.restype = ctypes.c_char_p
+    return llama_cpp
+
+
+def build_info() -> str:
+    """The library's build string, e.g. ``radar_gguf 0.1.0; llama-cpp-python 0.3.36; ggml 0.25.3``."""
+    return bindings().llama_cpp._lib.llama_radar_build_info().decode()
+
+
+def _lib() -> Any:
+    return bindings().llama_cpp._lib
+
+
+def radar_defaults() -> RadarConfig:
+    """The library's default parameters, as a RadarConfig."""
+    p = _lib().llama_radar_default_params()
+    return _from_c(p)
+
+
+def _from_c(p: llama_radar_params) -> RadarConfig:
+    from .config import SCORES
+
+    return RadarConfig(
+        enabled=bool(p.enabled), score=SCORES[p.score], n_feat=p.n_feat, top_k=p.top_k,
+        token_budget=p.token_budget, n_sink=p.n_sink, n_recent=p.n_recent, aspect=float(p.aspect),
+        seg_len_min=p.seg_len_min, dense_below=p.dense_below, seed=p.seed, shared_gqa=bool(p.shared_gqa),
+    )
+
+
+def _to_c(cfg: RadarConfig) -> llama_radar_params:
+    return llama_radar_params(
+        cfg.enabled, cfg.score_id, cfg.n_feat, cfg.top_k, cfg.token_budget, cfg.n_sink, cfg.n_recent,
+        float(cfg.aspect), cfg.seg_len_min, cfg.dense_below, cfg.seed, cfg.shared_gqa,
+    )
+
+
+def radar_set(ctx: Any, cfg: RadarConfig) -> None:
+    """Apply ``cfg`` to a llama_context; raises ValueError (bad parameter) or RuntimeError (unsupported)."""
+    cfg.validate()
+    lib = _lib()
+    rc = lib.llama_radar_set_params(ctx, ctypes.byref(_to_c(cfg)))
+    if rc != 0:
+        msg = lib.llama_radar_strerror(rc).decode()
+        if -10 < rc < 0:
+            raise ValueError(f"Radar parameter rejected by the library: {msg}")
+        raise RuntimeError(f"Radar cannot be enabled: {msg}")
+
+
+def radar_get(ctx: Any) -> RadarConfig:
+    p = llama_radar_params()
+    rc = _lib().llama_radar_get_params(ctx, ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(_lib().llama_radar_strerror(rc).decode())
+    return _from_c(p)
+
+
+def radar_stats(ctx: Any) -> RadarStats:
+    s = llama_radar_stats()
+    if _lib().llama_radar_get_stats(ctx, ctypes.byref(s)) != 0:
+        return RadarStats()
+    return RadarStats(**{name: getattr(s, name) for name in RadarStats.field_names()})
+
+
+def radar_reset_stats(ctx: Any) -> None:
+    _lib().llama_radar_reset_stats(ctx)

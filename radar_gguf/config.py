@@ -1,0 +1,113 @@
+"""Radar parameters (RadarConfig) and per-step statistics (RadarStats)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+SCORES = ("rf", "mean", "meanvar", "minmax", "oracle")  # index = enum llama_radar_score
+
+
+@dataclass
+class RadarConfig:
+    """How Radar attends at decode time. The defaults are the measured choice (docs/quality.md).
+
+    Attributes:
+        enabled: use Radar at decode once the context holds ``dense_below`` tokens.
+        score: segment score: ``"meanvar"`` (mean key + per-channel variance), ``"mean"``,
+            ``"minmax"`` (Quest-style bound), ``"rf"`` (the paper's random features, log domain),
+            ``"oracle"`` (exact attention mass; evaluation only, reads every key).
+        n_feat: random features m for ``score="rf"`` (2m features per key; the paper uses 16*head_dim).
+        top_k: segments selected per decode step; 0 means ``token_budget // segment_length``.
+        token_budget: tokens selected per step when ``top_k`` is 0.
+        n_sink: leading tokens always attended (attention sinks).
+        n_recent: trailing tokens always attended (rounded up to whole segments).
+        aspect: segment length is ``max(seg_len_min, sqrt(t) / aspect)`` for t cached tokens.
+        seg_len_min: smallest segment length.
+        dense_below: decode stays dense (exact) while the context holds fewer tokens.
+        seed: random-feature seed.
+        shared_gqa: one selection per KV head (shared by its query heads) instead of per query head.
+    """
+
+    enabled: bool = True
+    score: str = "meanvar"
+    n_feat: int = 64
+    top_k: int = 0
+    token_budget: int = 1024
+    n_sink: int = 1
+    n_recent: int = 32
+    aspect: float = 2.0
+    seg_len_min: int = 16
+    dense_below: int = 4096
+    seed: int = 1234
+    shared_gqa: bool = False
+
+    def validate(self) -> RadarConfig:
+        """Raise ValueError naming the first parameter out of range; return self."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"RadarConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if self.score not in SCORES:
+            bad("score", f"must be one of {', '.join(SCORES)}")
+        for name, lo, hi in (
+            ("n_feat", 1, 65536),
+            ("top_k", 0, 1 << 24),
+            ("token_budget", 1, 1 << 28),
+            ("n_sink", 0, 1 << 24),
+            ("n_recent", 0, 1 << 28),
+            ("seg_len_min", 1, 65536),
+            ("dense_below", 0, 1 << 31 - 1),
+            ("seed", 0, (1 << 32) - 1),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                bad(name, "must be an integer")
+            if not lo <= v <= hi:
+                bad(name, f"must be in [{lo}, {hi}]")
+        if isinstance(self.aspect, bool) or not isinstance(self.aspect, (int, float)):
+            bad("aspect", "must be a number")
+        if not 0.0625 <= float(self.aspect) <= 1024:
+            bad("aspect", "must be in [0.0625, 1024]")
+        return self
+
+    @property
+    def score_id(self) -> int:
+        return SCORES.index(self.score)
+
+    def replace(self, **changes: object) -> RadarConfig:
+        """A copy with some fields changed (unknown names raise TypeError)."""
+        d = asdict(self)
+        for k in changes:
+            if k not in d:
+                raise TypeError(f"RadarConfig has no parameter {k!r}")
+        d.update(changes)
+        return RadarConfig(**d)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "radar off (dense attention)"
+        sel = f"top-{self.top_k} segments" if self.top_k else f"{self.token_budget}-token budget"
+        return (
+            f"radar on above {self.dense_below} tokens: {self.score} score, {sel}, "
+            f"{self.n_sink} sink + {self.n_recent} recent, aspect {self.aspect:g}"
+            + (", GQA-shared" if self.shared_gqa else "")
+        )
+
+
+@dataclass
+class RadarStats:
+    """Counters from the library (llama_radar_stats); ``n_attended`` vs ``n_kv`` is the saving."""
+
+    n_decode_radar: int = 0
+    n_decode_dense: int = 0
+    n_restructure: int = 0
+    n_seg_summarized: int = 0
+    seg_len: int = 0
+    n_seg: int = 0
+    n_seg_selected: int = 0
+    n_attended: int = 0
+    n_kv: int = 0
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

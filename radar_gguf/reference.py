@@ -1,0 +1,437 @@
+"""NumPy reference of the two Radar ggml ops (``radar_summarize``, ``radar_attn``).
+
+This module implements, for one KV-cache stream and one decode token, exactly the contract written in
+``docs/radar-ops.md``. It is the ground truth that the CPU and CUDA kernels are compared against, so it
+favours clarity over speed: everything is computed in float64 and returned as float32.
+
+Layouts used here (NumPy, row-major, "natural" order rather than ggml's reversed ne[]):
+
+- ``q``:         ``[Hq, D]``          one query token
+- ``k``:         ``[n_kv, Hkv, D]``   the cache, cell-major
+- ``v``:         ``[n_kv, Hkv, Dv]``
+- ``mask``:      ``[n_kv]``           float, 0 / -inf (other finite values are ALiBi distances)
+- ``summaries``: ``[n_seg, Hkv, W]``  one row of ``W = summary_width(...)`` floats per segment and head
+
+Query head ``h`` reads KV head ``h // G`` with ``G = Hq // Hkv``. Segment ``s`` is the cells
+``[s*L, (s+1)*L)``; cells from ``n_seg*L`` to ``n_kv`` are the always-attended tail.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "SCORE_RF",
+    "SCORE_MEAN",
+    "SCORE_MEANVAR",
+    "SCORE_MINMAX",
+    "SCORE_ORACLE",
+    "SCORE_NAMES",
+    "summary_width",
+    "make_omega",
+    "alibi_slopes",
+    "summarize",
+    "segment_scores",
+    "radar_attention",
+    "dense_attention",
+    "seg_len_for",
+]
+
+# Score modes (the op parameter ``score``).
+SCORE_RF = 0  # random features of the paper, log domain
+SCORE_MEAN = 1  # mean key: scale*q.mu
+SCORE_MEANVAR = 2  # mean + per-channel variance: log-mean-exp of a Gaussian
+SCORE_MINMAX = 3  # per-channel min/max (Quest upper bound)
+SCORE_ORACLE = 4  # exact log attention mass of the segment (reads the keys)
+
+SCORE_NAMES = {
+    SCORE_RF: "rf",
+    SCORE_MEAN: "mean",
+    SCORE_MEANVAR: "meanvar",
+    SCORE_MINMAX: "minmax",
+    SCORE_ORACLE: "oracle",
+}
+
+MaskLike = Union[np.ndarray, npt.ArrayLike]
+
+
+# ----------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def summary_width(score: int, d: int, n_feat: int = 0) -> int:
+    """Floats per (segment, KV head) summary row: 2D+1 (MEAN/MEANVAR/MINMAX), 2m+1 (RF), 1 (ORACLE).
+
+    ``d`` is the key head dim D, ``n_feat`` the number m of random projections (RF only).
+    """
+    if score in (SCORE_MEAN, SCORE_MEANVAR, SCORE_MINMAX):
+        return 2 * d + 1
+    if score == SCORE_RF:
+        if n_feat <= 0:
+            raise ValueError("RF score needs n_feat > 0")
+        return 2 * n_feat + 1
+    if score == SCORE_ORACLE:
+        return 1
+    raise ValueError(f"unknown score mode {score}")
+
+
+def make_omega(d: int, m: int, seed: int = 0) -> np.ndarray:
+    """Random projection ``omega: [d, m]`` float32 with i.i.d. N(0, 1) entries from a fixed seed.
+
+    The C side loads omega from a tensor, so only determinism matters here: pass the same array to both.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((d, m)).astype(np.float32)
+
+
+def seg_len_for(t: int, aspect: float, seg_len_min: int) -> int:
+    """Segment length ``L = max(seg_len_min, floor(sqrt(t) / aspect))`` for ``t`` used cells."""
+    return max(int(seg_len_min), int(math.floor(math.sqrt(max(t, 0)) / aspect)))
+
+
+def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
+    """ALiBi slope per query head, exactly as ggml's soft_max / flash_attn_ext (1 when max_bias == 0).
+
+    Returns ``[n_head]`` float64.
+    """
+    if max_bias <= 0.0:
+        return np.ones(n_head, dtype=np.float64)
+    n_head_log2 = 2 ** int(math.floor(math.log2(n_head)))
+    m0 = 2.0 ** (-max_bias / n_head_log2)
+    m1 = 2.0 ** (-max_bias / 2.0 / n_head_log2)
+    h = np.arange(n_head)
+    return np.where(
+        h < n_head_log2,
+        m0 ** (h + 1.0),
+        m1 ** (2.0 * (h - n_head_log2) + 1.0),
+    ).astype(np.float64)
+
+
+def _as_mask(valid_or_mask: MaskLike) -> np.ndarray:
+    """Bool validity ``[n_kv]`` -> float mask (0 / -inf); a float mask is returned as float64."""
+    a = np.asarray(valid_or_mask)
+    if a.dtype == np.bool_:
+        return np.where(a, 0.0, -np.inf)
+    return a.astype(np.float64)
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    """Stable logsumexp along ``axis``; an all ``-inf`` slice gives ``-inf`` (no warnings, no NaN)."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - m_safe), axis=axis, keepdims=True)) + m_safe
+    out = np.where(np.isneginf(m), -np.inf, out)
+    return np.squeeze(out, axis=axis)
+
+
+def _rf_features(x: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """Log positive random features ``f(x) = [omega^T x, -omega^T x] - |x|^2/2``.
+
+    ``x: [..., D]`` (already multiplied by sqrt(scale)), ``omega: [D, m]`` -> ``[..., 2m]``.
+    """
+    proj = x @ omega  # [..., m]
+    half_sq = 0.5 * np.sum(x * x, axis=-1, keepdims=True)  # [..., 1]
+    return np.concatenate([proj - half_sq, -proj - half_sq], axis=-1)
+
+
+def _logits(
+    q: np.ndarray,
+    k: np.ndarray,
+    mask: np.ndarray,
+    scale: float,
+    softcap: float,
+    max_bias: float,
+) -> np.ndarray:
+    """Exact attention logits ``[Hq, n_kv]`` incl. softcap and ALiBi; invalid cells are ``-inf``.
+
+    ``q: [Hq, D]`` f64, ``k: [n_kv, Hkv, D]`` f64, ``mask: [n_kv]`` f64.
+    """
+    hq = q.shape[0]
+    hkv = k.shape[1]
+    if hq % hkv != 0:
+        raise ValueError(f"Hq={hq} is not a multiple of Hkv={hkv}")
+    g = hq // hkv
+    k_h = np.repeat(k, g, axis=1)  # [n_kv, Hq, D]  KV head of each query head
+    s = scale * np.einsum("hd,nhd->hn", q, k_h)  # [Hq, n_kv]
+    if softcap != 0.0:
+        s = softcap * np.tanh(s / softcap)
+    valid = np.isfinite(mask)  # [n_kv]
+    slope = alibi_slopes(hq, max_bias)  # [Hq]
+    bias = slope[:, None] * np.where(valid, mask, 0.0)[None, :]  # [Hq, n_kv]
+    return np.where(valid[None, :], s + bias, -np.inf)
+
+
+def _softmax_attend(
+    logits: np.ndarray,
+    v_h: np.ndarray,
+    sinks: Optional[np.ndarray],
+) -> np.ndarray:
+    """Softmax over the finite entries of ``logits: [Hq, n]`` times ``v_h: [n, Hq, Dv]`` -> ``[Hq, Dv]``.
+
+    A sink adds ``exp(sinks[h] - max)`` to the denominator only; a head without any finite logit gives 0.
+    """
+    hq = logits.shape[0]
+    dv = v_h.shape[2]
+    out = np.zeros((hq, dv), dtype=np.float64)
+    for h in range(hq):
+        sel = np.isfinite(logits[h])
+        if not np.any(sel):
+            continue
+        lg = logits[h, sel]  # [n_att]
+        mx = lg.max()
+        w = np.exp(lg - mx)  # [n_att]
+        den = w.sum()
+        if sinks is not None:
+            den += math.exp(float(sinks[h]) - mx)
+        out[h] = (w @ v_h[sel, h, :]) / den
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# radar_summarize
+
+
+def summarize(
+    k: np.ndarray,
+    valid: MaskLike,
+    seg_len: int,
+    n_seg: int,
+    score: int,
+    scale: float,
+    omega: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Summaries of segments ``0 .. n_seg-1``: ``[n_seg, Hkv, W]`` float32.
+
+    ``k: [n_kv, Hkv, D]``; ``valid: [n_kv]`` bool (a float 0/-inf mask is accepted too: valid = finite).
+    Row layout (over the ``n`` valid cells of the segment; ``n = 0`` gives an all-zero row):
+
+    - MEAN / MEANVAR: ``mu[0:D]``, population ``var[D:2D]``, ``n``
+    - MINMAX:         ``min[0:D]``, ``max[D:2D]``, ``n``
+    - RF:             ``log mean_cells exp(f_j(k*sqrt(scale)))`` for the 2m features, ``n``
+    - ORACLE:         ``n``
+    """
+    k = np.asarray(k, dtype=np.float64)  # k: [n_kv, Hkv, D]
+    n_kv, hkv, d = k.shape
+    valid_b = np.asarray(valid)
+    if valid_b.dtype != np.bool_:
+        valid_b = np.isfinite(valid_b.astype(np.float64))
+    if n_seg * seg_len > n_kv:
+        raise ValueError(f"n_seg*L = {n_seg * seg_len} exceeds n_kv = {n_kv}")
+    if score == SCORE_RF:
+        if omega is None:
+            raise ValueError("RF score needs omega")
+        omega = np.asarray(omega, dtype=np.float64)  # omega: [D, m]
+        if omega.shape[0] != d:
+            raise ValueError(f"omega has {omega.shape[0]} rows, keys have D = {d}")
+    w = summary_width(score, d, 0 if omega is None else omega.shape[1])
+
+    ks = k[: n_seg * seg_len].reshape(n_seg, seg_len, hkv, d)  # ks: [n_seg, L, Hkv, D]
+    vs = valid_b[: n_seg * seg_len].reshape(n_seg, seg_len)  # vs: [n_seg, L]
+    n = vs.sum(axis=1).astype(np.float64)  # n: [n_seg]
+    has = n > 0  # [n_seg]
+    n_safe = np.maximum(n, 1.0)
+    vmask = vs[:, :, None, None]  # [n_seg, L, 1, 1]
+
+    out = np.zeros((n_seg, hkv, w), dtype=np.float64)  # out: [n_seg, Hkv, W]
+    out[:, :, -1] = n[:, None]
+
+    if score in (SCORE_MEAN, SCORE_MEANVAR):
+        mu = np.where(vmask, ks, 0.0).sum(axis=1) / n_safe[:, None, None]  # [n_seg, Hkv, D]
+        dev = np.where(vmask, ks - mu[:, None], 0.0)  # [n_seg, L, Hkv, D]
+        var = (dev * dev).sum(axis=1) / n_safe[:, None, None]  # [n_seg, Hkv, D]
+        out[:, :, :d] = mu
+        out[:, :, d : 2 * d] = var
+    elif score == SCORE_MINMAX:
+        mn = np.where(vmask, ks, np.inf).min(axis=1)  # [n_seg, Hkv, D]
+        mx = np.where(vmask, ks, -np.inf).max(axis=1)  # [n_seg, Hkv, D]
+        out[:, :, :d] = np.where(has[:, None, None], mn, 0.0)
+        out[:, :, d : 2 * d] = np.where(has[:, None, None], mx, 0.0)
+    elif score == SCORE_RF:
+        sq = math.sqrt(scale)
+        log_n = np.log(n_safe)  # [n_seg]
+        # chunk over segments to bound memory: features are [chunk, L, Hkv, 2m] f64
+        per_seg = max(1, seg_len * hkv * 2 * omega.shape[1])
+        chunk = max(1, (1 << 24) // per_seg)
+        for s0 in range(0, n_seg, chunk):
+            s1 = min(n_seg, s0 + chunk)
+            f = _rf_features(ks[s0:s1] * sq, omega)  # [c, L, Hkv, 2m]
+            f = np.where(vs[s0:s1, :, None, None], f, -np.inf)
+            lme = _logsumexp(f, axis=1) - log_n[s0:s1, None, None]  # [c, Hkv, 2m]
+            out[s0:s1, :, :-1] = np.where(has[s0:s1, None, None], lme, 0.0)
+    elif score == SCORE_ORACLE:
+        pass  # only n
+    else:
+        raise ValueError(f"unknown score mode {score}")
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# radar_attn
+
+
+def segment_scores(
+    q: np.ndarray,
+    summaries: np.ndarray,
+    score: int,
+    scale: float,
+    omega: Optional[np.ndarray] = None,
+    logits: Optional[np.ndarray] = None,
+    seg_len: int = 0,
+) -> np.ndarray:
+    """Per-head score of every segment (step 2 of the contract, without GQA sharing): ``[Hq, n_seg]``.
+
+    ``q: [Hq, D]``, ``summaries: [n_seg, Hkv, W]``. ORACLE needs ``logits: [Hq, n_kv]`` (the exact logits
+    of step 4 with invalid cells at -inf) and ``seg_len``. Segments with ``n = 0`` score ``-inf``.
+    """
+    q = np.asarray(q, dtype=np.float64)  # q: [Hq, D]
+    sm = np.asarray(summaries, dtype=np.float64)  # sm: [n_seg, Hkv, W]
+    hq, d = q.shape
+    n_seg, hkv, _ = sm.shape
+    g = hq // hkv
+    sm_h = np.repeat(sm, g, axis=1)  # [n_seg, Hq, W]  summary row seen by each query head
+    n = sm_h[:, :, -1].T  # [Hq, n_seg]
+
+    if score == SCORE_MEAN or score == SCORE_MEANVAR:
+        mu = sm_h[:, :, :d]  # [n_seg, Hq, D]
+        sc = scale * np.einsum("hd,shd->hs", q, mu)  # [Hq, n_seg]
+        if score == SCORE_MEANVAR:
+            var = sm_h[:, :, d : 2 * d]  # [n_seg, Hq, D]
+            sc = sc + 0.5 * scale * scale * np.einsum("hd,shd->hs", q * q, var)
+    elif score == SCORE_MINMAX:
+        mn = sm_h[:, :, :d]  # [n_seg, Hq, D]
+        mx = sm_h[:, :, d : 2 * d]  # [n_seg, Hq, D]
+        sc = scale * np.maximum(q[None] * mn, q[None] * mx).sum(axis=2).T  # [Hq, n_seg]
+    elif score == SCORE_RF:
+        if omega is None:
+            raise ValueError("RF score needs omega")
+        fq = _rf_features(q * math.sqrt(scale), np.asarray(omega, dtype=np.float64))  # [Hq, 2m]
+        feat = sm_h[:, :, :-1]  # [n_seg, Hq, 2m]
+        sc = _logsumexp(fq[None] + feat, axis=2).T  # [Hq, n_seg]
+    elif score == SCORE_ORACLE:
+        if logits is None or seg_len <= 0:
+            raise ValueError("ORACLE score needs logits and seg_len")
+        lg = logits[:, : n_seg * seg_len].reshape(hq, n_seg, seg_len)  # [Hq, n_seg, L]
+        sc = _logsumexp(lg, axis=2)  # [Hq, n_seg]
+    else:
+        raise ValueError(f"unknown score mode {score}")
+    return np.where(n > 0, sc, -np.inf)
+
+
+def _share_scores(sc: np.ndarray, g: int) -> np.ndarray:
+    """GQA-shared score ``logsumexp_{h in group}(score_h(s) - logsumexp_s' score_h(s'))``.
+
+    ``sc: [Hq, n_cand]`` -> ``[Hq, n_cand]`` (identical rows within a group of ``g`` heads). A head whose
+    scores are all ``-inf`` has no attention share to give and contributes nothing.
+    """
+    hq, n_cand = sc.shape
+    norm = _logsumexp(sc, axis=1)  # [Hq]
+    ok = np.isfinite(norm)  # [Hq]
+    share = np.where(ok[:, None], sc - np.where(ok, norm, 0.0)[:, None], -np.inf)  # [Hq, n_cand]
+    grouped = _logsumexp(share.reshape(hq // g, g, n_cand), axis=1)  # [Hkv, n_cand]
+    return np.repeat(grouped, g, axis=0)  # [Hq, n_cand]
+
+
+def radar_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    valid_or_mask: MaskLike,
+    summaries: Optional[np.ndarray],
+    n_seg: int,
+    seg_len: int,
+    top_k: int,
+    n_sink: int,
+    n_recent: int,
+    score: int,
+    scale: float,
+    omega: Optional[np.ndarray] = None,
+    shared: bool = False,
+    softcap: float = 0.0,
+    max_bias: float = 0.0,
+    sinks: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Radar decode attention for one token of one stream (steps 1-4 of ``docs/radar-ops.md``).
+
+    ``q: [Hq, D]``, ``k: [n_kv, Hkv, D]``, ``v: [n_kv, Hkv, Dv]``; ``valid_or_mask: [n_kv]`` a float KQ
+    mask (0 / -inf / ALiBi distances; valid = finite) or a bool validity array; ``summaries:
+    [n_seg, Hkv, W]`` as produced by :func:`summarize` (``None``: computed here from ``k`` and the mask);
+    ``sinks: [Hq]`` optional sink logits.
+
+    Returns ``(out [Hq, Dv] float32, selected)`` where ``selected[h]`` is the sorted int array of the
+    segment ids kept for query head ``h``: the ``top_k`` chosen candidates plus the forced recent ones.
+    """
+    q = np.asarray(q, dtype=np.float64)  # q: [Hq, D]
+    k = np.asarray(k, dtype=np.float64)  # k: [n_kv, Hkv, D]
+    v = np.asarray(v, dtype=np.float64)  # v: [n_kv, Hkv, Dv]
+    mask = _as_mask(valid_or_mask)  # mask: [n_kv]
+    hq = q.shape[0]
+    n_kv, hkv, _ = k.shape
+    g = hq // hkv
+    L = seg_len
+    if n_seg * L > n_kv:
+        raise ValueError(f"n_seg*L = {n_seg * L} exceeds n_kv = {n_kv}")
+    if summaries is None:
+        summaries = summarize(k, np.isfinite(mask), L, n_seg, score, scale, omega)
+    summaries = np.asarray(summaries)
+    if summaries.shape[0] < n_seg:
+        raise ValueError(f"summaries hold {summaries.shape[0]} segments, n_seg = {n_seg}")
+    summaries = summaries[:n_seg]  # [n_seg, Hkv, W]
+
+    logits = _logits(q, k, mask, scale, softcap, max_bias)  # [Hq, n_kv]
+
+    # 1. recent segments are always kept; candidates are [0, n_seg - R)
+    n_rec = min(n_seg, -(-max(n_recent, 0) // L))  # ceil(n_recent / L)
+    n_cand = n_seg - n_rec
+    recent = np.arange(n_cand, n_seg)
+
+    # 2. choose top_k candidates per head (ties -> lower index via a stable sort on -score)
+    if n_cand <= top_k:
+        chosen = [np.arange(n_cand) for _ in range(hq)]
+    else:
+        sc = segment_scores(q, summaries[:n_cand], score, scale, omega, logits, L)  # [Hq, n_cand]
+        if shared:
+            sc = _share_scores(sc, g)
+        order = np.argsort(-sc, axis=1, kind="stable")  # [Hq, n_cand]
+        chosen = [order[h, : max(top_k, 0)] for h in range(hq)]
+    selected = [np.sort(np.concatenate([c, recent])).astype(np.int64) for c in chosen]
+
+    # 3. attended cells: sinks U kept segments U tail, each once
+    att = np.zeros((hq, n_kv), dtype=bool)  # [Hq, n_kv]
+    att[:, : min(max(n_sink, 0), n_seg * L)] = True
+    att[:, n_seg * L :] = True
+    for h in range(hq):
+        cells = (selected[h][:, None] * L + np.arange(L)[None, :]).ravel()
+        att[h, cells] = True
+
+    # 4. exact softmax over attended valid cells
+    v_h = np.repeat(v, g, axis=1)  # [n_kv, Hq, Dv]
+    out = _softmax_attend(np.where(att, logits, -np.inf), v_h, sinks)
+    return out.astype(np.float32), selected
+
+
+def dense_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: MaskLike,
+    scale: float,
+    softcap: float = 0.0,
+    max_bias: float = 0.0,
+    sinks: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Plain softmax attention over all valid cells: ``[Hq, Dv]`` float32.
+
+    ``q: [Hq, D]``, ``k: [n_kv, Hkv, D]``, ``v: [n_kv, Hkv, Dv]``, ``mask: [n_kv]`` (float or bool).
+    """
+    q = np.asarray(q, dtype=np.float64)  # q: [Hq, D]
+    k = np.asarray(k, dtype=np.float64)  # k: [n_kv, Hkv, D]
+    v = np.asarray(v, dtype=np.float64)  # v: [n_kv, Hkv, Dv]
+    m = _as_mask(mask)  # m: [n_kv]
+    g = q.shape[0] // k.shape[1]
+    logits = _logits(q, k, m, scale, softcap, max_bias)  # [Hq, n_kv]
+    return _softmax_attend(logits, np.repeat(v, g, axis=1), sinks).astype(np.float32)

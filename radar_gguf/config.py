@@ -99,7 +99,6 @@ class RadarStats:
     """Counters from the library (llama_radar_stats); ``n_attended`` vs ``n_kv`` is the saving."""
 
     n_decode_radar: int = 0
-    n_decode_dense: int = 0
     n_restructure: int = 0
     n_seg_summarized: int = 0
     seg_len: int = 0

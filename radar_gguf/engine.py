@@ -58,7 +58,8 @@ class Model:
     """A loaded model with its context. Use :func:`load` to make one; close it (or use ``with``)."""
 
     def __init__(self, path: Path, *, ctx: int, radar: Optional[RadarConfig], gpu_layers: int,
-                 threads: Optional[int], seed: int, n_batch: int, verbose: bool, **llama_kwargs: Any) -> None:
+                 threads: Optional[int], seed: int, n_batch: int, verbose: bool, flash_attn: bool = True,
+                 **llama_kwargs: Any) -> None:
         from .gguf_check import check_gguf
 
         llama_cpp = _lib.bindings()
@@ -77,14 +78,18 @@ class Model:
         self.llama = llama_cpp.Llama(
             model_path=str(self.path), n_ctx=ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
             n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=gpu_layers,
-            flash_attn=True,  # Radar reads V untransposed; FA is also the fast dense path
+            flash_attn=flash_attn,  # Radar reads V untransposed; FA is also the fast dense path
             seed=seed, verbose=verbose, **llama_kwargs,
         )
         self.ctx = ctx
         self.seed = seed
         self._timing = _Timing()
         self.radar: RadarConfig = RadarConfig(enabled=False)
-        self.set_radar(radar if radar is not None else RadarConfig())
+        try:
+            self.set_radar(radar if radar is not None else RadarConfig())
+        except Exception:
+            self.close()
+            raise
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -323,6 +328,7 @@ def load(
     seed: int = 0,
     n_batch: int = 512,
     verbose: bool = False,
+    flash_attn: bool = True,
     **llama_kwargs: Any,
 ) -> Model:
     """Load a GGUF model with Radar decoding.
@@ -335,8 +341,9 @@ def load(
         gpu_layers: layers to offload to the GPU (CUDA/Metal builds); -1 for all.
         threads: CPU threads (default: all available cores).
         seed: sampling seed.
+        flash_attn: flash attention (Radar needs it; off only for dense-only comparisons).
         llama_kwargs: passed on to ``llama_cpp.Llama`` (e.g. ``type_k``, ``type_v``).
     """
     path = resolve_model_path(model)
     return Model(path, ctx=ctx, radar=radar, gpu_layers=gpu_layers, threads=threads, seed=seed,
-                 n_batch=n_batch, verbose=verbose, **llama_kwargs)
+                 n_batch=n_batch, verbose=verbose, flash_attn=flash_attn, **llama_kwargs)

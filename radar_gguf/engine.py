@@ -87,6 +87,9 @@ class Model:
         self.radar: RadarConfig = RadarConfig(enabled=False)
         try:
             self.set_radar(radar if radar is not None else RadarConfig())
+        except _lib.RadarUnavailable as e:
+            # e.g. a GPU whose kernels don't cover this head size: decode stays dense, visibly
+            warnings.warn(f"{e}; decoding with dense attention", stacklevel=3)
         except Exception:
             self.close()
             raise

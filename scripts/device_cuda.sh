@@ -47,5 +47,12 @@ case "${1:-}" in
             python3 -c "import json,sys; [print('$mode', r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/bench-$shape-$mode.json"
         done
         ;;
+    fallback)
+        # a head size the CUDA kernels don't cover: Radar must refuse (log line) and decode stay dense
+        m=/tmp/d80-f16.gguf
+        [ -f "$m" ] || PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape d80-small "$m" > /dev/null
+        LLAMA_RADAR=1 "$bld/bin/llama-bench" -m "$m" -fa 1 -ngl 99 -p 0 -n 16 -d 8192 -r 1 -v 2>&1 \
+            | grep -E "Radar|radar|avg_ts|t/s|tg16" | tee "$out/fallback-d80.log"
+        ;;
     *) sed -n 2,10p "$0"; exit 2 ;;
 esac

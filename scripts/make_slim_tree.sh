@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Copy .dev/llama (the patched dev tree) to .dev/slim without docs, model vocabularies and unused
+# backends, so it fits the device tool's 64 MiB transfer: bash scripts/make_slim_tree.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf .dev/slim && mkdir -p .dev/slim
+ex=(./.git ./docs ./models ./examples ./benches ./tools/ui ./tools/server)
+for b in vulkan sycl webgpu opencl cann metal hexagon zdnn openvino; do ex+=("./ggml/src/ggml-$b"); done
+(cd .dev/llama && tar cf - "${ex[@]/#/--exclude=}" .) | (cd .dev/slim && tar xf -)
+du -sh .dev/slim

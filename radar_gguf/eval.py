@@ -29,9 +29,10 @@ import random
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from .config import SCORES, RadarConfig
 from .sizes import argparse_size, format_size
@@ -141,7 +142,7 @@ def score_continuation(model: Any, tokens: Sequence[int], n_ctx: int, n_score: i
 def _cache_key(model: Any, tokens: Sequence[int]) -> str:
     h = hashlib.sha256()
     p = Path(model.path)
-    h.update(f"{p.name}:{p.stat().st_size if p.exists() else 0}:{model.ctx}".encode())
+    h.update(f"{p.name}:{p.stat().st_size if p.exists() else 0}".encode())
     import numpy as np
 
     h.update(np.asarray(tokens, dtype=np.int32).tobytes())
@@ -259,9 +260,9 @@ def niah_prompt(model: Any, n_tokens: int, depth: float, word: str) -> tuple[lis
 
 def greedy(model: Any, max_tokens: int) -> str:
     """Greedy continuation from the current logits (argmax), up to ``max_tokens`` or end of generation."""
-    from . import _lib
-
     import numpy as np
+
+    from . import _lib
 
     lc = _lib.bindings()
     vocab = model.llama._model.vocab
@@ -457,7 +458,7 @@ def main(argv: Optional[list] = None) -> int:
                         "seg_len": r["stats"]["seg_len"] if r["config"].enabled else None,
                         "wall_s": round(r["wall_s"], 1), "device": device, "command": command.strip(),
                     })
-        print(f"\n| context | mode | ppl | vs dense | attended at last step |")
+        print("\n| context | mode | ppl | vs dense | attended at last step |")
         print("|---|---|---|---|---|")
         for n, r in rows:
             d = "" if r["delta_pct"] is None or r["mode"] == "dense" else f"{r['delta_pct']:+.2f}%"

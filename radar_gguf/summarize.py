@@ -181,6 +181,7 @@ class Progress:
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self._open = False  # a \r line is on screen
         self._last_pct = -100.0
+        self._label = ""
 
     def line(self, msg: str) -> None:
         if self.quiet:
@@ -192,6 +193,8 @@ class Progress:
     def prefill(self, label: str, done: int, total: int) -> None:
         if self.quiet or total <= 0:
             return
+        if label != self._label:
+            self._label, self._last_pct = label, -100.0
         pct = 100.0 * done / total
         msg = f"summarize: {label}: prefill {done}/{total} tokens ({pct:.0f}%)"
         if self.tty:
@@ -233,7 +236,9 @@ def prefill_with_progress(
         end = min(target, done + piece)
         evaluated += model.prefill(tokens[:end])
         done = end
-        report(done, total)
+        if done < target:
+            report(done, total)
+    report(total, total)  # the last token is evaluated by stream_generate, right after
     return evaluated + 1
 
 
@@ -272,6 +277,8 @@ class Summarizer:
         # output reserved for a chunk summary: enough for a few points, small next to the chunk
         self.chunk_out = max(32, min(max_tokens, self.ctx // 8))
         self.partial: Optional[Partial] = None
+        self.last_note = ""
+        self.last_finish: Optional[str] = None
         overhead = max(
             self._overhead(self._map_messages("x", "part 1 of 2", "")),
             self._overhead(self._reduce_messages("x", [""], final=True)),
@@ -338,18 +345,23 @@ class Summarizer:
         t_prefill = time.perf_counter() - t0
         parts: list[str] = []
         n_gen, tps = 0, 0.0
+        self.last_finish = None
         for r in self.model.stream_generate(
             tokens, max_tokens=max_tokens, temperature=self.temperature, stop=stops
         ):
             parts.append(r.text)
             n_gen, tps = r.generation_tokens, r.generation_tps
+            self.last_finish = r.finish_reason
             if on_text is not None and r.text:
                 on_text(r.text)
-        self.progress.line(
-            f"{label}: {len(tokens)} prompt tokens in {t_prefill:.1f} s, "
-            f"{n_gen} tokens generated at {tps:.1f} tok/s"
+        self.last_note = (
+            f"{len(tokens)} prompt tokens in {t_prefill:.1f} s, {n_gen} tokens generated at {tps:.1f} tok/s"
         )
         return "".join(parts).strip()
+
+    def _done(self, label: str) -> None:
+        # logged only once the result is stored, so that Ctrl-C after this line keeps it
+        self.progress.line(f"{label}: done, {self.last_note}")
 
     def fits(self, doc: Document) -> tuple[bool, int]:
         n = len(chat_tokens(self.model, self._single_messages(doc))[0])
@@ -366,9 +378,10 @@ class Summarizer:
                     f"{doc.name}: {n} tokens with the prompt, fits the {format_size(self.ctx)} "
                     "context: one pass"
                 )
-                return self._final(
-                    self.generate(self._single_messages(doc), self.max_tokens, doc.name, self._tee(on_text))
+                text = self.generate(
+                    self._single_messages(doc), self.max_tokens, doc.name, self._tee(on_text)
                 )
+                return self._final(text, doc.name)
         budget = self.chunk_budget(doc.name)
         chunks = split_text(doc.text, budget, self.count)
         self.partial.n_chunks = len(chunks)
@@ -384,6 +397,7 @@ class Summarizer:
                 self._map_messages(doc.name, f"part {i + 1} of {len(chunks)}", chunk), self.chunk_out, label
             )
             summaries.append(s or "(nothing to note)")
+            self._done(label)
         return self._reduce(doc.name, summaries, on_text)
 
     def _reduce(self, name: str, summaries: list, on_text: Optional[Callable[[str], None]]) -> str:
@@ -393,9 +407,8 @@ class Summarizer:
             n = len(chat_tokens(self.model, msgs)[0])
             if n + self.max_tokens <= self.ctx or len(summaries) == 1:
                 self.progress.line(f"{name}: combining {len(summaries)} summaries into the final summary")
-                return self._final(
-                    self.generate(msgs, self.max_tokens, f"{name}: final summary", self._tee(on_text))
-                )
+                text = self.generate(msgs, self.max_tokens, f"{name}: final summary", self._tee(on_text))
+                return self._final(text, f"{name}: final summary")
             groups = self._pack(name, summaries)
             if len(groups) >= len(summaries):
                 raise ValueError(
@@ -415,6 +428,7 @@ class Summarizer:
                     self.generate(self._reduce_messages(name, group, final=False), self.chunk_out, label)
                     or "(nothing to note)"
                 )
+                self._done(label)
             summaries = merged
 
     def _pack(self, name: str, summaries: list) -> list[list[str]]:
@@ -443,8 +457,11 @@ class Summarizer:
 
         return f
 
-    def _final(self, text: str) -> str:
+    def _final(self, text: str, label: str) -> str:
         self.partial = None
+        self._done(label)
+        if self.last_finish == "length":
+            self.progress.line(f"{label}: the summary reached -n {self.max_tokens} tokens and may be cut off")
         return text
 
 

@@ -16,7 +16,6 @@ same argmax; a 128-token Radar selection lands far outside (asserted, so the che
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -22,18 +22,18 @@ by local families reopened it in 1996, and today it carries about 3,000 walkers 
 
 
 def _long_text() -> str:
-    """About 2,300 tokens of prose in paragraphs."""
+    """About 700 tokens of prose in paragraphs: two chunks at --ctx 512."""
     try:
         from radar_gguf.corpus import essays_text
 
         text = essays_text()
-        return text[:9000]
+        return text[:3000]
     except Exception:  # the corpus is optional: make up paragraphs
         paras = [
             f"Section {i}. The cooperative in district {i} grew {i * 7} tonnes of barley this year, up from "
             f"{i * 5} tonnes. Its members voted to buy {i} new tractors and to share them with district {i + 1}. "
             "The weather was dry in spring and wet in autumn, which delayed the harvest by two weeks."
-            for i in range(1, 40)
+            for i in range(1, 13)
         ]
         return "\n\n".join(paras)
 
@@ -45,32 +45,28 @@ def summarize(*args: str, **kw) -> subprocess.CompletedProcess:
 def test_short_markdown_in_one_pass(tmp_path, model_path):
     doc = tmp_path / "bridge.md"
     doc.write_text(SHORT_DOC)
+    note = tmp_path / "note.txt"
+    note.write_text(
+        "Reminder: the quarterly tax return for Pellam Ltd is due on 31 March. Ask Jonas for the receipts.\n"
+    )
     out = tmp_path / "summary.md"
-    r = summarize(str(doc), "-m", str(model_path), "--ctx", "2048", "-n", "80", "--out", str(out))
+    r = summarize(str(doc), str(note), "-m", str(model_path), "--ctx", "2048", "-n", "64", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert "one pass" in r.stderr
+    assert "bridge.md" in r.stderr and "one pass" in r.stderr
     text = out.read_text()
-    assert text.strip()
-    assert "Varrow" in text or "Oskel" in text or "Lenne" in text, text
+    # each file summarized on its own, under a heading
+    assert text.startswith("## bridge.md\n") and "\n## note.txt\n" in text
+    bridge, other = text.split("## note.txt")
+    assert "Varrow" in bridge or "Oskel" in bridge or "Lenne" in bridge, text
+    assert "Pellam" in other or "tax" in other, text
 
 
 def test_long_text_is_map_reduced(tmp_path, model_path):
     doc = tmp_path / "long.txt"
     doc.write_text(_long_text())
     out = tmp_path / "long.md"
-    r = summarize(
-        str(doc),
-        "-m",
-        str(model_path),
-        "--ctx",
-        "1024",
-        "-n",
-        "32",
-        "--style",
-        "paragraph",
-        "--out",
-        str(out),
-    )
+    flags = "--ctx 512 -n 32 --style paragraph".split()
+    r = summarize(str(doc), "-m", str(model_path), *flags, "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "map-reduce over" in r.stderr
     assert "chunk 1/" in r.stderr and "chunk 2/" in r.stderr
@@ -90,33 +86,15 @@ def test_ctrl_c_saves_the_chunks_done(tmp_path, model_path):
     doc.write_text(_long_text())
     out = tmp_path / "partial.md"
     env = dict(os.environ)
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radar_gguf.summarize",
-            str(doc),
-            "-m",
-            str(model_path),
-            "--ctx",
-            "1024",
-            "-n",
-            "32",
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
+    cmd = [sys.executable, "-m", "radar_gguf.summarize", str(doc), "-m", str(model_path), "--out", str(out)]
+    cmd += "--ctx 512 -n 32 --chunk-tokens 160".split()  # several small chunks: chunk 1 is done quickly
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
     seen = []
     deadline = time.time() + 120
     try:
         for line in p.stderr:
             seen.append(line)
-            if "chunk 1/" in line and "generated" in line:
+            if "chunk 1/" in line and ": done" in line:
                 p.send_signal(signal.SIGINT)
                 break
             assert time.time() < deadline, "".join(seen)
@@ -197,7 +175,7 @@ def test_reduce_recurses_until_the_summaries_fit(monkeypatch):
     monkeypatch.setattr(S, "chat_tokens", fake_chat_tokens)
     s = S.Summarizer.__new__(S.Summarizer)
     s.model, s.ctx, s.margin, s.max_tokens, s.chunk_out, s.style = None, 400, 8, 40, 30, "bullets"
-    s.progress, s.partial = S.Progress(quiet=True), S.Partial("doc")
+    s.progress, s.partial, s.last_note, s.last_finish = S.Progress(quiet=True), S.Partial("doc"), "", None
     s.count = lambda text: len(text.split())
     calls = []
 

@@ -37,38 +37,85 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
     """Radar flags shared by run, summarize, bench and eval."""
     d = RadarConfig()
     g = parser.add_argument_group("Radar")
-    g.add_argument("--radar", dest="radar", action="store_true", default=True, help="use Radar at decode (default)")
+    g.add_argument(
+        "--radar", dest="radar", action="store_true", default=True, help="use Radar at decode (default)"
+    )
     g.add_argument("--no-radar", dest="radar", action="store_false", help="dense attention only")
-    g.add_argument("--radar-score", choices=SCORES, default=d.score, help="segment score (default: %(default)s)")
-    g.add_argument("--radar-budget", type=int, default=d.token_budget, help="tokens selected per step (default: %(default)s)")
-    g.add_argument("--radar-top-k", type=int, default=d.top_k, help="segments per step; overrides --radar-budget")
-    g.add_argument("--radar-window", type=int, default=d.n_recent, help="recent tokens always attended (default: %(default)s)")
-    g.add_argument("--radar-sinks", type=int, default=d.n_sink, help="leading tokens always attended (default: %(default)s)")
-    g.add_argument("--radar-aspect", type=float, default=d.aspect, help="segment length sqrt(t)/aspect (default: %(default)s)")
-    g.add_argument("--radar-features", type=int, default=d.n_feat, help="random features for --radar-score rf")
-    g.add_argument("--radar-dense-below", type=argparse_size, default=d.dense_below,
-                   help="stay dense below this many tokens (default: %(default)s)")
+    g.add_argument(
+        "--radar-score", choices=SCORES, default=d.score, help="segment score (default: %(default)s)"
+    )
+    g.add_argument(
+        "--radar-budget",
+        type=int,
+        default=d.token_budget,
+        help="tokens selected per step (default: %(default)s)",
+    )
+    g.add_argument(
+        "--radar-top-k", type=int, default=d.top_k, help="segments per step; overrides --radar-budget"
+    )
+    g.add_argument(
+        "--radar-window",
+        type=int,
+        default=d.n_recent,
+        help="recent tokens always attended (default: %(default)s)",
+    )
+    g.add_argument(
+        "--radar-sinks",
+        type=int,
+        default=d.n_sink,
+        help="leading tokens always attended (default: %(default)s)",
+    )
+    g.add_argument(
+        "--radar-aspect",
+        type=float,
+        default=d.aspect,
+        help="segment length sqrt(t)/aspect (default: %(default)s)",
+    )
+    g.add_argument(
+        "--radar-features", type=int, default=d.n_feat, help="random features for --radar-score rf"
+    )
+    g.add_argument(
+        "--radar-dense-below",
+        type=argparse_size,
+        default=d.dense_below,
+        help="stay dense below this many tokens (default: %(default)s)",
+    )
     g.add_argument("--radar-shared-gqa", action="store_true", help="one selection per KV head")
 
 
 def radar_from_args(args: argparse.Namespace) -> RadarConfig:
     return RadarConfig(
-        enabled=args.radar, score=args.radar_score, token_budget=args.radar_budget, top_k=args.radar_top_k,
-        n_recent=args.radar_window, n_sink=args.radar_sinks, aspect=args.radar_aspect, n_feat=args.radar_features,
-        dense_below=args.radar_dense_below, shared_gqa=args.radar_shared_gqa,
+        enabled=args.radar,
+        score=args.radar_score,
+        token_budget=args.radar_budget,
+        top_k=args.radar_top_k,
+        n_recent=args.radar_window,
+        n_sink=args.radar_sinks,
+        aspect=args.radar_aspect,
+        n_feat=args.radar_features,
+        dense_below=args.radar_dense_below,
+        shared_gqa=args.radar_shared_gqa,
     ).validate()
 
 
-def add_model_args(parser: argparse.ArgumentParser, ctx_default: str = DEFAULT_CTX, positional: bool = True) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser, ctx_default: str = DEFAULT_CTX, positional: bool = True
+) -> None:
     """MODEL (positional, or ``-m/--model`` with ``positional=False``), --ctx, --gpu-layers, --threads, --verbose."""
     model_help = "a .gguf file, a Hugging Face spec (user/repo:Q4_K_M), or nothing for the bundled model"
     if positional:
         parser.add_argument("model", nargs="?", default=None, help=model_help)
     else:
         parser.add_argument("-m", "--model", default=None, help=model_help)
-    parser.add_argument("--ctx", type=argparse_size, default=argparse_size(ctx_default),
-                        help="context length, e.g. 32768, 64k, 1m (default: %(default)s)")
-    parser.add_argument("--gpu-layers", "-ngl", type=int, default=0, help="layers to offload to the GPU (-1: all)")
+    parser.add_argument(
+        "--ctx",
+        type=argparse_size,
+        default=argparse_size(ctx_default),
+        help="context length, e.g. 32768, 64k, 1m (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gpu-layers", "-ngl", type=int, default=0, help="layers to offload to the GPU (-1: all)"
+    )
     parser.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
@@ -77,8 +124,16 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m radar_gguf.run", description=__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("-p", "--prompt", default=None, help="complete this prompt and exit ('-' reads stdin)")
-    p.add_argument("-n", "--max-tokens", type=int, default=512, help="tokens to generate per reply (default: %(default)s)")
-    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)")
+    p.add_argument(
+        "-n",
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="tokens to generate per reply (default: %(default)s)",
+    )
+    p.add_argument(
+        "--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)"
+    )
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--system", default=None, help="system prompt for the chat")
@@ -90,20 +145,31 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace):
     from .engine import load
 
-    return load(args.model, ctx=args.ctx, radar=radar_from_args(args), gpu_layers=args.gpu_layers,
-                threads=args.threads, seed=args.seed, verbose=args.verbose)
+    return load(
+        args.model,
+        ctx=args.ctx,
+        radar=radar_from_args(args),
+        gpu_layers=args.gpu_layers,
+        threads=args.threads,
+        seed=args.seed,
+        verbose=args.verbose,
+    )
 
 
 def _print_stats(model) -> None:
     s = model.stats()
     r = model.radar_stats()
-    print(f"prompt: {s['prompt_tokens']} tokens at {s['prompt_tps']:.1f} tok/s | "
-          f"decode: {s['generation_tokens']} tokens at {s['generation_tps']:.1f} tok/s | "
-          f"context: {s['context_tokens']}/{s['context_size']} ({100 * s['context_tokens'] / s['context_size']:.1f}%)")
+    print(
+        f"prompt: {s['prompt_tokens']} tokens at {s['prompt_tps']:.1f} tok/s | "
+        f"decode: {s['generation_tokens']} tokens at {s['generation_tps']:.1f} tok/s | "
+        f"context: {s['context_tokens']}/{s['context_size']} ({100 * s['context_tokens'] / s['context_size']:.1f}%)"
+    )
     print(f"radar: {model.radar.describe()}")
     if r.n_decode_radar:
-        print(f"  last step attended {r.n_attended} of {r.n_kv} cells ({r.n_seg_selected}/{r.n_seg} segments of "
-              f"{r.seg_len}); {r.n_decode_radar} sparse decode steps, {r.n_restructure} restructures")
+        print(
+            f"  last step attended {r.n_attended} of {r.n_kv} cells ({r.n_seg_selected}/{r.n_seg} segments of "
+            f"{r.seg_len}); {r.n_decode_radar} sparse decode steps, {r.n_restructure} restructures"
+        )
 
 
 def _stream(model, gen, out=sys.stdout) -> str:
@@ -209,8 +275,10 @@ def read_session_header(path: os.PathLike) -> tuple[dict, int]:
                 raise SessionError(f"{path} is not a radar_gguf conversation file (saved with /save)")
             _, version, n_head = _SESSION_PREFIX.unpack(prefix)
             if version != SESSION_VERSION:
-                raise SessionError(f"{path} is a version {version} conversation file; this radar_gguf reads "
-                                   f"version {SESSION_VERSION}")
+                raise SessionError(
+                    f"{path} is a version {version} conversation file; this radar_gguf reads "
+                    f"version {SESSION_VERSION}"
+                )
             if n_head > _MAX_HEADER:
                 raise SessionError(f"{path} is damaged (header of {n_head} bytes)")
             raw = f.read(n_head)
@@ -222,8 +290,13 @@ def read_session_header(path: os.PathLike) -> tuple[dict, int]:
         raise SessionError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-        _ = (header["model"]["sha256_head"], int(header["ctx"]), int(header["n_tokens"]),
-             int(header["state_bytes"]), list(header["history"]))
+        _ = (
+            header["model"]["sha256_head"],
+            int(header["ctx"]),
+            int(header["n_tokens"]),
+            int(header["state_bytes"]),
+            list(header["history"]),
+        )
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise SessionError(f"{path} is damaged (unreadable header)") from None
     return header, _SESSION_PREFIX.size + n_head
@@ -243,11 +316,15 @@ def load_session(model, path: os.PathLike) -> list:
     header, offset = read_session_header(path)
     saved, here = header["model"], model_fingerprint(model.path)
     if (saved.get("size"), saved.get("sha256_head")) != (here["size"], here["sha256_head"]):
-        raise SessionError(f"{path} was saved with the model {saved.get('file')} ({saved.get('size')} bytes); "
-                           f"this chat runs {here['file']} ({here['size']} bytes). Load it with that model.")
+        raise SessionError(
+            f"{path} was saved with the model {saved.get('file')} ({saved.get('size')} bytes); "
+            f"this chat runs {here['file']} ({here['size']} bytes). Load it with that model."
+        )
     if int(header["ctx"]) != model.ctx:
-        raise SessionError(f"{path} was saved with a {format_size(int(header['ctx']))} context; this chat has "
-                           f"{format_size(model.ctx)}. Restart with --ctx {format_size(int(header['ctx']))}.")
+        raise SessionError(
+            f"{path} was saved with a {format_size(int(header['ctx']))} context; this chat has "
+            f"{format_size(model.ctx)}. Restart with --ctx {format_size(int(header['ctx']))}."
+        )
     n_tokens, n_bytes = int(header["n_tokens"]), int(header["state_bytes"])
     if not 0 <= n_tokens <= model.ctx:
         raise SessionError(f"{path} is damaged ({n_tokens} tokens in a {model.ctx}-token context)")
@@ -274,9 +351,11 @@ def load_session(model, path: os.PathLike) -> list:
 
 
 def _status_line(r, ctx: int) -> str:
-    return (f"[context {r.context_tokens}/{ctx} ({100 * r.context_tokens / ctx:.0f}%) | "
-            f"prompt {r.prompt_tokens} tok, {r.prompt_tps:.0f} tok/s | "
-            f"reply {r.generation_tokens} tok, {r.generation_tps:.1f} tok/s]")
+    return (
+        f"[context {r.context_tokens}/{ctx} ({100 * r.context_tokens / ctx:.0f}%) | "
+        f"prompt {r.prompt_tokens} tok, {r.prompt_tps:.0f} tok/s | "
+        f"reply {r.generation_tokens} tok, {r.generation_tps:.1f} tok/s]"
+    )
 
 
 def _arg_path(arg: str) -> str:
@@ -297,7 +376,9 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
     interactive = stdin.isatty()
     dim = ("\033[2m", "\033[0m") if interactive and out.isatty() else ("", "")
     if interactive:
-        print(f"radar_gguf chat: {model.path.name}, context {format_size(model.ctx)}; {model.radar.describe()}.")
+        print(
+            f"radar_gguf chat: {model.path.name}, context {format_size(model.ctx)}; {model.radar.describe()}."
+        )
         print("Type /help for commands, Ctrl-D to quit.")
     while True:
         try:
@@ -341,8 +422,10 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
                 except SessionError as e:
                     print(f"error: {e}")
                     continue
-                print(f"(saved {len(history)} messages and {h['n_tokens']} tokens of context, "
-                      f"{h['state_bytes'] / 2**20:.1f} MiB of state, to {_arg_path(arg)})")
+                print(
+                    f"(saved {len(history)} messages and {h['n_tokens']} tokens of context, "
+                    f"{h['state_bytes'] / 2**20:.1f} MiB of state, to {_arg_path(arg)})"
+                )
             elif cmd == "/load":
                 if not arg:
                     print("usage: /load FILE")
@@ -354,8 +437,10 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
                     continue
                 system = [m for m in history[:1] if m.get("role") == "system"]
                 n_turns = sum(m.get("role") == "user" for m in history)
-                print(f"(loaded {n_turns} turn{'' if n_turns == 1 else 's'}; {model.n_past} tokens of context "
-                      "restored, nothing re-read)")
+                print(
+                    f"(loaded {n_turns} turn{'' if n_turns == 1 else 's'}; {model.n_past} tokens of context "
+                    "restored, nothing re-read)"
+                )
             elif cmd == "/stats":
                 _print_stats(model)
             elif cmd == "/ctx":
@@ -373,7 +458,9 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
         reply = []
         last = None
         try:
-            for r in model.stream_chat(history, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p):
+            for r in model.stream_chat(
+                history, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p
+            ):
                 out.write(r.text)
                 out.flush()
                 reply.append(r.text)
@@ -415,12 +502,16 @@ def main(argv: Optional[list] = None) -> int:
             return repl(model, args)
         try:
             if args.raw:
-                gen = model.stream_generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temp,
-                                            top_p=args.top_p)
+                gen = model.stream_generate(
+                    args.prompt, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p
+                )
             else:
                 msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
-                    {"role": "user", "content": args.prompt}]
-                gen = model.stream_chat(msgs, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p)
+                    {"role": "user", "content": args.prompt}
+                ]
+                gen = model.stream_chat(
+                    msgs, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p
+                )
             _stream(model, gen)
             print()
         except KeyboardInterrupt:

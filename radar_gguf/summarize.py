@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -530,6 +531,8 @@ def _write_out(path: str, text: str) -> None:
 
 
 def main(argv: Optional[list] = None) -> int:
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = setup_arg_parser()
     args = parser.parse_args(argv)
     try:

@@ -143,6 +143,15 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args_and_radar(parser: argparse.ArgumentParser, argv: Optional[list]) -> tuple:
+    """Parse ``argv``; a Radar flag out of range is a usage error naming the parameter (exit 2)."""
+    args = parser.parse_args(argv)
+    try:
+        return args, radar_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None):
     """Load the model the shared flags name; on a bad model file, print the error and return None."""
     from .engine import load
@@ -492,15 +501,10 @@ def _read_line(stdin) -> Optional[str]:
 def main(argv: Optional[list] = None) -> int:
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    parser = setup_arg_parser()
-    args = parser.parse_args(argv)
-    try:
-        radar_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    args, radar = parse_args_and_radar(setup_arg_parser(), argv)
     if args.prompt == "-":
         args.prompt = sys.stdin.read()
-    model = load_from_args(args)
+    model = load_from_args(args, radar)
     if model is None:
         return 1
     with model:

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from .run import add_model_args, add_radar_args, chat_tokens, load_from_args, radar_from_args
+from .run import (
+    add_model_args,
+    add_radar_args,
+    chat_tokens,
+    load_from_args,
+    parse_args_and_radar,
+)
 from .sizes import format_size
 
 DEFAULT_CTX = "8k"
@@ -619,11 +625,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list] = None) -> int:
     parser = setup_arg_parser()
-    args = parser.parse_args(argv)
-    try:
-        radar = radar_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    args, radar = parse_args_and_radar(parser, argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be in [0, 65535]")
     model = load_from_args(args, radar)

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
-from .run import add_model_args, add_radar_args, chat_tokens, load_from_args, radar_from_args
+from .run import (
+    add_model_args,
+    add_radar_args,
+    chat_tokens,
+    load_from_args,
+    parse_args_and_radar,
+)
 from .sizes import format_size
 
 DEFAULT_CTX = "8k"
@@ -534,11 +540,7 @@ def main(argv: Optional[list] = None) -> int:
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs
     signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = setup_arg_parser()
-    args = parser.parse_args(argv)
-    try:
-        radar = radar_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    args, radar = parse_args_and_radar(parser, argv)
     if args.max_tokens < 1:
         parser.error("-n/--max-tokens must be at least 1")
     if args.chunk_tokens is not None and args.chunk_tokens < 16:

@@ -4,16 +4,33 @@
 #
 #   bash scripts/device_cuda.sh build      # configure + build test-backend-ops, llama-bench, llama-quantize
 #   bash scripts/device_cuda.sh test       # test-backend-ops -o RADAR_ATTN -b CUDA0 (CUDA vs CPU)
-#   bash scripts/device_cuda.sh bench SHAPE DEPTHS   # e.g. llama-1b 0,8192,32768,131072
+#   bash scripts/device_cuda.sh bench SHAPE DEPTHS [KV]   # e.g. llama-1b 0,8192,32768,131072 "f16 q8_0"
+#   bash scripts/device_cuda.sh prefill SHAPE N           # prompt speed with and without Radar summaries
+#   bash scripts/device_cuda.sh e2e SHAPE DEPTH           # decode logits: Radar CUDA vs CPU, top-k >= all vs dense
+#   bash scripts/device_cuda.sh multigpu SHAPE DEPTH      # 2 GPUs, -sm layer: logits vs 1 GPU, and speed
+#   bash scripts/device_cuda.sh profile SHAPE DEPTH       # ncu: time of each decode attention kernel
 #
-# The source is .dev/slim (a copy of the dev tree without docs/models; carried by the device tool).
+# The source is .dev/slim (a copy of the dev tree without docs/models; carried by the device tool); the
+# e2e checks need the pinned bindings (build/dev/pinned/llama_cpp_python-0.3.36/llama_cpp, carried).
 # Results go to $OUT (or results/ when OUT is unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${RADAR_SRC:-.dev/slim}
 bld=build/cuda
 out=${OUT:-results}
+bindings=build/dev/pinned/llama_cpp_python-0.3.36
 mkdir -p "$out"
+
+# random-weight Q4_K_M GGUF of a real shape, made once per machine
+model() {
+    local m=/tmp/$1-f16.gguf q=/tmp/$1-q4_k_m.gguf
+    if [ ! -f "$q" ]; then
+        PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape "$1" "$m" > /dev/null
+        "$bld/bin/llama-quantize" "$m" "$q" Q4_K_M > "$out/quantize-$1.log" 2>&1
+        rm -f "$m"
+    fi
+    echo "$q"
+}
 case "${1:-}" in
     build)
         # -mno-amx: ggml's AMX path crashes in batched matmuls on AMX hosts (see CMakeLists.txt)
@@ -33,18 +50,87 @@ case "${1:-}" in
     bench)
         shape=${2:-llama-1b}
         depths=${3:-0,8192,32768,131072}
-        m=/tmp/$shape-f16.gguf
-        q=/tmp/$shape-q4_k_m.gguf
-        if [ ! -f "$q" ]; then
-            PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape "$shape" "$m" > /dev/null
-            "$bld/bin/llama-quantize" "$m" "$q" Q4_K_M > "$out/quantize-$shape.log" 2>&1
-            rm -f "$m"
-        fi
+        q=$(model "$shape")
+        for kv in ${4:-f16}; do
+            for mode in dense radar; do
+                env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
+                tag=$shape-$kv-$mode
+                LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 64 -d "$depths" -r 3 \
+                    -ctk "$kv" -ctv "$kv" -o json -v > "$out/bench-$tag.json" 2> "$out/bench-$tag.log" \
+                    || { tail -20 "$out/bench-$tag.log"; exit 1; }
+                python3 -c "import json,sys; [print('$tag', r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/bench-$tag.json"
+                grep -E "KV buffer size|Radar buffer size" "$out/bench-$tag.log" | tail -2 || true
+                gzip -f "$out/bench-$tag.log"
+            done
+        done
+        ;;
+    prefill)
+        shape=${2:-llama-1b}
+        n=${3:-16384}
+        q=$(model "$shape")
         for mode in dense radar; do
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
-            LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 64 -d "$depths" -r 3 -o json \
-                > "$out/bench-$shape-$mode.json" 2> "$out/bench-$shape-$mode.log" || { tail -20 "$out/bench-$shape-$mode.log"; exit 1; }
-            python3 -c "import json,sys; [print('$mode', r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/bench-$shape-$mode.json"
+            LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p "$n" -n 0 -r 3 -o json \
+                > "$out/prefill-$shape-$mode.json" 2> /dev/null
+            python3 -c "import json,sys; [print('prefill $mode', r['n_prompt'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/prefill-$shape-$mode.json"
+        done
+        ;;
+    e2e)
+        shape=${2:-llama-1b}
+        depth=${3:-8192}
+        q=$(model "$shape")
+        export PYTHONPATH=$bindings LLAMA_CPP_LIB_PATH=$bld/bin
+        run() { # name ngl radar-spec
+            LLAMA_RADAR=$3 python3 scripts/radar_logits.py run "$q" --ngl "$2" --depth "$depth" --steps 32 \
+                --threads "$(nproc)" --out "/tmp/e2e-$1.npy" 2> "/tmp/e2e-$1.log" || { tail -20 "/tmp/e2e-$1.log"; exit 1; }
+        }
+        run cpu-dense 0 0
+        run cpu-radar 0 1
+        run cuda-dense 99 0
+        run cuda-radar 99 1
+        run cuda-radar-all 99 top_k=1000000
+        cmp() { python3 scripts/radar_logits.py compare "/tmp/e2e-$1.npy" "/tmp/e2e-$2.npy" --envelope "/tmp/e2e-$3.npy" "/tmp/e2e-$4.npy"; }
+        {
+            cmp cpu-radar cuda-radar cpu-dense cuda-dense
+            cmp cuda-dense cuda-radar-all cpu-dense cuda-dense
+            cmp cuda-dense cuda-radar cpu-dense cuda-dense
+        } | tee "$out/e2e-$shape-$depth.jsonl"
+        grep -h "Radar on\|cannot run" /tmp/e2e-*radar*.log | sort | uniq -c
+        ;;
+    multigpu)
+        shape=${2:-llama-1b}
+        depth=${3:-8192}
+        q=$(model "$shape")
+        export PYTHONPATH=$bindings LLAMA_CPP_LIB_PATH=$bld/bin
+        for spec in 0 1; do
+            CUDA_VISIBLE_DEVICES=0 LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode none \
+                --depth "$depth" --steps 32 --out "/tmp/mg1-$spec.npy" 2> /tmp/mg1-$spec.log
+            LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode layer \
+                --depth "$depth" --steps 32 --out "/tmp/mg2-$spec.npy" 2> /tmp/mg2-$spec.log
+        done
+        grep -h "assigned to device\|Radar buffer size" /tmp/mg2-1.log | sort | uniq -c | head -20
+        {
+            python3 scripts/radar_logits.py compare /tmp/mg1-1.npy /tmp/mg2-1.npy --envelope /tmp/mg1-0.npy /tmp/mg2-0.npy
+        } | tee "$out/multigpu-$shape-$depth.jsonl"
+        for mode in dense radar; do
+            env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
+            LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -sm layer -p 0 -n 64 -d "$depth" -r 3 -o json \
+                > "$out/bench-2gpu-$shape-$mode.json" 2> /dev/null
+            python3 -c "import json,sys; [print('2gpu $mode', r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/bench-2gpu-$shape-$mode.json"
+        done
+        ;;
+    profile)
+        shape=${2:-llama-8b}
+        depth=${3:-32768}
+        q=$(model "$shape")
+        ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+        for mode in dense radar; do
+            env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
+            LLAMA_RADAR=$env_radar "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
+                -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)" --launch-count 400 \
+                "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 8 -d "$depth" -r 1 > "/tmp/ncu-$mode.csv" 2> /tmp/ncu-$mode.log \
+                || { tail -5 /tmp/ncu-$mode.log; }
+            python3 scripts/ncu_summary.py "/tmp/ncu-$mode.csv" | tee "$out/profile-$shape-$depth-$mode.txt"
         done
         ;;
     fallback)

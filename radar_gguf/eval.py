@@ -11,6 +11,12 @@
          tokens are then fed one decode step at a time (``--feed decode``, default, so Radar selects
          for every question token) or in one batch (``--feed batch``: only the answer tokens use Radar).
 
+``select`` selection quality (``radar_gguf.selection``): at sampled decode steps after a prefilled context
+         the real queries and keys of every layer are captured from the decode graph, and Radar's scores,
+         an oracle (exact attention mass), sinks + recent window and random selection are compared at the
+         same token budget: hit@1/hit@3 of the most-attended segment, share of the top segments and
+         tokens selected, attention mass covered (whole attended set and searched region alone).
+
 Radar configs are given as specs ``NAME[:key=value,...]``: ``dense``, or a score name (``meanvar``,
 ``mean``, ``minmax``, ``rf``, ``oracle``) with RadarConfig fields changed from the defaults, e.g.
 ``rf:top_k=64,n_recent=1024`` or ``meanvar:token_budget=512``. Records (one per context, mode and
@@ -38,19 +44,37 @@ from .config import SCORES, RadarConfig
 from .sizes import argparse_size, format_size
 
 DENSE = RadarConfig(enabled=False)
-DEFAULT_PPL_CONFIGS = (
-    "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
-)
+DEFAULT_PPL_CONFIGS = "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
 DEFAULT_NIAH_CONFIGS = "dense,meanvar"
 DEFAULT_CACHE = Path(os.environ.get("RADAR_GGUF_EVAL_CACHE", Path.home() / ".cache" / "radar_gguf" / "eval"))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 # needle words: common, single-concept, unlikely to appear in the essays as a "passphrase"
 NEEDLE_WORDS = (
-    "pineapple", "lighthouse", "saxophone", "avalanche", "marmalade", "kangaroo", "tambourine",
-    "volcano", "butterscotch", "origami", "cinnamon", "trombone", "glacier", "hummingbird",
-    "lantern", "meadowlark", "porcupine", "quicksilver", "raspberry", "snowflake", "tangerine",
-    "umbrella", "walrus", "zeppelin",
+    "pineapple",
+    "lighthouse",
+    "saxophone",
+    "avalanche",
+    "marmalade",
+    "kangaroo",
+    "tambourine",
+    "volcano",
+    "butterscotch",
+    "origami",
+    "cinnamon",
+    "trombone",
+    "glacier",
+    "hummingbird",
+    "lantern",
+    "meadowlark",
+    "porcupine",
+    "quicksilver",
+    "raspberry",
+    "snowflake",
+    "tangerine",
+    "umbrella",
+    "walrus",
+    "zeppelin",
 )
 
 
@@ -184,8 +208,15 @@ def prefill_cached(model: Any, tokens: Sequence[int], cache_dir: Optional[Path])
     return "prefill"
 
 
-def eval_ppl(model: Any, tokens: Sequence[int], n_ctx: int, n_score: int, specs: Sequence[str],
-             cache_dir: Optional[Path] = None, progress: Callable[[str], None] = log) -> list[dict]:
+def eval_ppl(
+    model: Any,
+    tokens: Sequence[int],
+    n_ctx: int,
+    n_score: int,
+    specs: Sequence[str],
+    cache_dir: Optional[Path] = None,
+    progress: Callable[[str], None] = log,
+) -> list[dict]:
     """Dense and every config in ``specs`` on one prefilled context; one result dict per spec."""
     t0 = time.perf_counter()
     how = prefill_cached(model, tokens[:n_ctx], cache_dir)
@@ -202,7 +233,11 @@ def eval_ppl(model: Any, tokens: Sequence[int], n_ctx: int, n_score: int, specs:
         r["config"] = cfg
         r["delta_pct"] = None if dense_ppl is None else 100.0 * (r["ppl"] / dense_ppl - 1.0)
         st = r["stats"]
-        att = f", attends {st['n_attended']}/{st['n_kv']} (L={st['seg_len']})" if cfg.enabled and st["n_decode_radar"] else ""
+        att = (
+            f", attends {st['n_attended']}/{st['n_kv']} (L={st['seg_len']})"
+            if cfg.enabled and st["n_decode_radar"]
+            else ""
+        )
         d = "" if r["delta_pct"] is None else f" ({r['delta_pct']:+.2f}%)"
         progress(f"  {spec:40s} ppl {r['ppl']:8.3f}{d}  {r['wall_s']:.0f} s{att}")
         out.append(r)
@@ -253,7 +288,7 @@ def niah_prompt(model: Any, n_tokens: int, depth: float, word: str) -> tuple[lis
         if n_tokens <= len(toks) <= n_tokens * 1.01 + 8:
             break
         n_chars = int(n_chars * (n_tokens * 1.004 + 4) / len(toks))
-    tail = prompt[prompt.index(marker):]
+    tail = prompt[prompt.index(marker) :]
     n_q = len(model.tokenize(tail, add_bos=False, special=True))
     return toks, max(1, len(toks) - n_q - 1)
 
@@ -278,9 +313,17 @@ def greedy(model: Any, max_tokens: int) -> str:
     return model.detokenize(out)
 
 
-def eval_niah(model: Any, lengths: Sequence[int], depths: Sequence[float], specs: Sequence[str], *,
-              feed: str = "decode", max_tokens: int = 8, seed: int = 0,
-              progress: Callable[[str], None] = log) -> list[dict]:
+def eval_niah(
+    model: Any,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    specs: Sequence[str],
+    *,
+    feed: str = "decode",
+    max_tokens: int = 8,
+    seed: int = 0,
+    progress: Callable[[str], None] = log,
+) -> list[dict]:
     """One record per (length, depth, spec): answer text and exact-match score."""
     rng = random.Random(seed)
     out = []
@@ -293,8 +336,10 @@ def eval_niah(model: Any, lengths: Sequence[int], depths: Sequence[float], specs
             t0 = time.perf_counter()
             model.set_radar(DENSE)
             model.prefill(toks[:q0])
-            progress(f"# {format_size(n)} depth {depth:.0%}: {len(toks)} prompt tokens, doc filled in "
-                     f"{time.perf_counter() - t0:.0f} s")
+            progress(
+                f"# {format_size(n)} depth {depth:.0%}: {len(toks)} prompt tokens, doc filled in "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
             for spec in specs:
                 cfg = parse_config(spec)
                 model.set_radar(cfg)
@@ -308,9 +353,19 @@ def eval_niah(model: Any, lengths: Sequence[int], depths: Sequence[float], specs
                 sc = niah_score(answer, word)
                 st = model.radar_stats()
                 progress(f"  {spec:30s} {sc:.0f}  {answer.strip()!r} (needle {word!r})")
-                out.append({"length": n, "prompt_tokens": len(toks), "depth": depth, "mode": spec,
-                            "config": cfg, "answer": answer, "needle": word, "score": sc,
-                            "attended": st.n_attended if cfg.enabled and st.n_decode_radar else None})
+                out.append(
+                    {
+                        "length": n,
+                        "prompt_tokens": len(toks),
+                        "depth": depth,
+                        "mode": spec,
+                        "config": cfg,
+                        "answer": answer,
+                        "needle": word,
+                        "score": sc,
+                        "attended": st.n_attended if cfg.enabled and st.n_decode_radar else None,
+                    }
+                )
     return out
 
 
@@ -374,41 +429,292 @@ def device_name() -> str:
 
 # -- CLI --------------------------------------------------------------------------------------------------------
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radar_gguf.eval", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = argparse.ArgumentParser(
+        prog="python -m radar_gguf.eval",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     sub = p.add_subparsers(dest="task", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)")
+        sp.add_argument(
+            "model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)"
+        )
         sp.add_argument("--threads", "-t", type=int, default=None)
         sp.add_argument("--gpu-layers", "-ngl", type=int, default=0)
-        sp.add_argument("--device", default=None, help="device description for the records (default: detected CPU)")
+        sp.add_argument(
+            "--device", default=None, help="device description for the records (default: detected CPU)"
+        )
 
-    pp = sub.add_parser("ppl", help="long-context perplexity, dense vs Radar configs on one prefilled context")
+    pp = sub.add_parser(
+        "ppl", help="long-context perplexity, dense vs Radar configs on one prefilled context"
+    )
     common(pp)
-    pp.add_argument("--contexts", default="8k", help="prefilled context lengths, comma separated (default: %(default)s)")
-    pp.add_argument("-m", "--n-score", type=int, default=256, help="tokens scored after the context (default: %(default)s)")
-    pp.add_argument("--offset", type=int, default=0, help="start this many tokens into the corpus (default: %(default)s)")
-    pp.add_argument("--configs", default=DEFAULT_PPL_CONFIGS,
-                    help="dense and Radar config specs NAME[:key=value,...], comma separated (default: %(default)s)")
-    pp.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)")
+    pp.add_argument(
+        "--contexts", default="8k", help="prefilled context lengths, comma separated (default: %(default)s)"
+    )
+    pp.add_argument(
+        "-m",
+        "--n-score",
+        type=int,
+        default=256,
+        help="tokens scored after the context (default: %(default)s)",
+    )
+    pp.add_argument(
+        "--offset", type=int, default=0, help="start this many tokens into the corpus (default: %(default)s)"
+    )
+    pp.add_argument(
+        "--configs",
+        default=DEFAULT_PPL_CONFIGS,
+        help="dense and Radar config specs NAME[:key=value,...], comma separated (default: %(default)s)",
+    )
+    pp.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
+    )
     pp.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
-    pp.add_argument("--out", type=Path, default=None, help="merge records into this JSON list "
-                    "(e.g. docs/results/quality-ppl.json)")
+    pp.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="merge records into this JSON list (e.g. docs/results/quality-ppl.json)",
+    )
+
+    ps = sub.add_parser("select", help="selection quality: Radar's segments vs oracle, window and random")
+    common(ps)
+    ps.add_argument(
+        "--contexts", default="16k", help="prefilled context lengths, comma separated (default: %(default)s)"
+    )
+    ps.add_argument("--steps", type=int, default=12, help="decode steps captured (default: %(default)s)")
+    ps.add_argument(
+        "--stride", type=int, default=4, help="decode steps between captures (default: %(default)s)"
+    )
+    ps.add_argument(
+        "--capture",
+        default="meanvar",
+        help="Radar config the model decodes with while capturing (default: %(default)s)",
+    )
+    ps.add_argument(
+        "--methods",
+        default=None,
+        help="selection methods NAME[:key=value,...] (names: "
+        + ", ".join(_sel_methods())
+        + "; fields default to --capture's) (default: "
+        + _sel_default()
+        + ")",
+    )
+    ps.add_argument(
+        "--offset", type=int, default=0, help="start this many tokens into the corpus (default: %(default)s)"
+    )
+    ps.add_argument(
+        "--no-check", action="store_true", help="skip the NumPy-vs-kernel check of the capture config"
+    )
+    ps.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
+    )
+    ps.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
+    ps.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="merge records into this JSON list (e.g. docs/results/quality-selection.json)",
+    )
+    ps.add_argument("--plot-dir", type=Path, default=None, help="write per-layer PNG plots here")
 
     pn = sub.add_parser("niah", help="needle in a haystack, dense vs Radar")
     common(pn)
-    pn.add_argument("--lengths", default="4k,8k", help="prompt lengths, comma separated (default: %(default)s)")
+    pn.add_argument(
+        "--lengths", default="4k,8k", help="prompt lengths, comma separated (default: %(default)s)"
+    )
     pn.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths in [0,1] (default: %(default)s)")
     pn.add_argument("--configs", default=DEFAULT_NIAH_CONFIGS, help="config specs (default: %(default)s)")
-    pn.add_argument("--feed", choices=("decode", "batch"), default="decode",
-                    help="question tokens one decode step each (Radar active) or in one exact batch")
-    pn.add_argument("--max-tokens", type=int, default=8, help="answer tokens generated (default: %(default)s)")
+    pn.add_argument(
+        "--feed",
+        choices=("decode", "batch"),
+        default="decode",
+        help="question tokens one decode step each (Radar active) or in one exact batch",
+    )
+    pn.add_argument(
+        "--max-tokens", type=int, default=8, help="answer tokens generated (default: %(default)s)"
+    )
     pn.add_argument("--seed", type=int, default=0, help="needle word choice (default: %(default)s)")
     pn.add_argument("--out", type=Path, default=None, help="merge records into this JSON list")
     pn.add_argument("--plot-dir", type=Path, default=None, help="write quality-niah-<mode>.png heatmaps here")
     return p
+
+
+def _sel_methods() -> tuple:
+    from .selection import METHODS
+
+    return METHODS
+
+
+def _sel_default() -> str:
+    from .selection import DEFAULT_METHODS
+
+    return DEFAULT_METHODS
+
+
+SELECT_COLUMNS = (
+    "hit@1",
+    "hit@3",
+    "seg@1",
+    "seg@3",
+    "tok@8",
+    "tok_all@8",
+    "mass",
+    "mass_searched",
+    "attended_union",
+)
+
+
+def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str, device: str) -> int:
+    """``eval select``: capture, evaluate, print tables, write records and plots."""
+    from . import selection as sel
+    from .corpus import essay_tokens
+    from .engine import load
+
+    contexts = _sizes(args.contexts, parser, "--contexts")
+    try:
+        capture_cfg = parse_config(args.capture)
+        if not capture_cfg.enabled:
+            raise ValueError("the capture config must have Radar on (a score name, not 'dense')")
+        methods = [sel.parse_method(s, capture_cfg) for s in split_specs(args.methods or sel.DEFAULT_METHODS)]
+    except ValueError as e:
+        parser.error(str(e))
+    if capture_cfg.dense_below > contexts[0]:
+        parser.error(
+            f"--capture dense_below={capture_cfg.dense_below} is above the context {contexts[0]}: "
+            "no radar_attn node would run"
+        )
+    n_extra = (args.steps - 1) * args.stride + 1
+    capture = sel.Capture()
+    records: list[dict] = []
+    with sel.eval_callback(capture.c_callback):
+        model = load(
+            args.model,
+            ctx=contexts[-1] + n_extra + 16,
+            radar=DENSE,
+            threads=args.threads,
+            gpu_layers=args.gpu_layers,
+        )
+    with model:
+        all_toks = essay_tokens(model, args.offset + contexts[-1] + n_extra)[args.offset :]
+        log(
+            f"# {model.path.name} on {device}: selection at {args.contexts}, {args.steps} steps every "
+            f"{args.stride}, decoding with {args.capture}"
+        )
+        for n in contexts:
+            run = sel.run_selection(
+                model,
+                capture,
+                all_toks[: n + n_extra],
+                n,
+                args.steps,
+                args.stride,
+                capture_cfg,
+                methods,
+                cache_dir=None if args.no_cache else args.cache_dir,
+                check=not args.no_check,
+            )
+            summ = sel.summarize_steps(run.steps)
+            print(
+                f"\n### {format_size(n)}: mean over {len(summ['layers'])} layers, {args.steps} steps, all query heads\n"
+            )
+            print("| method | L | top-k | " + " | ".join(SELECT_COLUMNS) + " |")
+            print("|---|---|---|" + "---|" * len(SELECT_COLUMNS))
+            for m in methods:
+                g = run.geometry[m.spec]
+                vals = [summ["mean"][m.spec][c] for c in SELECT_COLUMNS]
+                cells = [
+                    f"{v:.0f}" if c.startswith("attended") else sel.fmt(v)
+                    for c, v in zip(SELECT_COLUMNS, vals)
+                ]
+                print(f"| {m.spec} | {g['seg_len']} | {g['top_k']} | " + " | ".join(cells) + " |")
+            print(
+                "| paper (Radar, Llama 3.1, PG-19) | | | "
+                + " | ".join(sel.fmt(sel.PAPER.get(c, float("nan"))) for c in SELECT_COLUMNS)
+                + " |"
+            )
+            print(
+                "\nper layer (hit@1 / mass_searched):\n\n| layer | "
+                + " | ".join(m.spec for m in methods)
+                + " |"
+            )
+            print("|---|" + "---|" * len(methods))
+            for i, il in enumerate(summ["layers"]):
+                print(
+                    f"| {il} | "
+                    + " | ".join(
+                        f"{summ['per_layer'][m.spec]['hit@1'][i]:.2f} / {summ['per_layer'][m.spec]['mass_searched'][i]:.2f}"
+                        for m in methods
+                    )
+                    + " |"
+                )
+            if summ["check"]:
+                print(
+                    "\nkernel check ("
+                    + args.capture
+                    + "): "
+                    + ", ".join(
+                        f"{k} {stat} {v:.3g}" for k, d in summ["check"].items() for stat, v in d.items()
+                    )
+                )
+            base = {
+                "model": model.path.name,
+                "context": n,
+                "capture": args.capture,
+                "n_steps": args.steps,
+                "stride": args.stride,
+                "offset": args.offset,
+                "device": device,
+                "command": command.strip(),
+            }
+            for m in methods:
+                g = run.geometry[m.spec]
+                for met, v in summ["mean"][m.spec].items():
+                    records.append(
+                        {
+                            **base,
+                            "metric": met,
+                            "mode": m.spec,
+                            "value": round(v, 4),
+                            "per_layer": [round(x, 4) for x in summ["per_layer"][m.spec][met]],
+                            "params": {**_params(m.cfg), "method": m.kind},
+                            "seg_len": g["seg_len"],
+                            "top_k": g["top_k"],
+                            "n_cand": g["n_cand"],
+                            "n_kv": g["n_kv"],
+                        }
+                    )
+            for key, d in summ["check"].items():
+                for stat, v in d.items():
+                    records.append(
+                        {
+                            **base,
+                            "metric": f"kernel_{key}_{stat}",
+                            "mode": args.capture,
+                            "value": v,
+                            "params": _params(capture_cfg),
+                        }
+                    )
+            if args.plot_dir:
+                args.plot_dir.mkdir(parents=True, exist_ok=True)
+                for met in ("hit@1", "mass_searched"):
+                    safe = met.replace("@", "")
+                    p = sel.plot_per_layer(
+                        summ,
+                        met,
+                        args.plot_dir / f"quality-selection-{format_size(n)}-{safe}.png",
+                        f"{model.path.name}, {format_size(n)}: {met} per layer "
+                        f"({args.steps} decode steps, capture {args.capture})",
+                    )
+                    if p:
+                        print(f"plot: {p}")
+    if args.out:
+        merge_records(args.out, records, ("model", "context", "metric", "mode", "capture", "offset"))
+        print(f"records merged into {args.out}")
+    return 0
 
 
 def _sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
@@ -422,14 +728,16 @@ def _sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
 def main(argv: Optional[list] = None) -> int:
     parser = setup_arg_parser()
     args = parser.parse_args(argv)
+    command = "python -m radar_gguf.eval " + " ".join(argv if argv is not None else sys.argv[1:])
+    device = args.device or device_name()
+    if args.task == "select":
+        return main_select(args, parser, command, device)
     specs = split_specs(args.configs)
     try:
         for s in specs:
             parse_config(s)
     except ValueError as e:
         parser.error(f"--configs: {e}")
-    command = "python -m radar_gguf.eval " + " ".join(argv if argv is not None else sys.argv[1:])
-    device = args.device or device_name()
     from .corpus import essay_tokens
     from .engine import load
 
@@ -440,30 +748,43 @@ def main(argv: Optional[list] = None) -> int:
         n_ctx = contexts[-1] + args.n_score + 16
         records: list[dict] = []
         rows = []
-        with load(args.model, ctx=n_ctx, radar=DENSE, threads=args.threads, gpu_layers=args.gpu_layers) as model:
-            all_toks = essay_tokens(model, args.offset + contexts[-1] + args.n_score)[args.offset:]
+        with load(
+            args.model, ctx=n_ctx, radar=DENSE, threads=args.threads, gpu_layers=args.gpu_layers
+        ) as model:
+            all_toks = essay_tokens(model, args.offset + contexts[-1] + args.n_score)[args.offset :]
             log(f"# {model.path.name} on {device}: contexts {args.contexts}, {args.n_score} tokens scored")
             for n in contexts:
                 toks = all_toks[: n + args.n_score]
                 cache = None if args.no_cache else args.cache_dir
                 for r in eval_ppl(model, toks, n, args.n_score, specs, cache):
                     rows.append((n, r))
-                    records.append({
-                        "model": model.path.name, "context": n, "metric": "ppl", "mode": r["mode"],
-                        "value": round(r["ppl"], 4),
-                        "delta_pct": None if r["delta_pct"] is None else round(r["delta_pct"], 3),
-                        "n_scored": args.n_score, "offset": args.offset,
-                        "params": _params(r["config"]),
-                        "attended": r["stats"]["n_attended"] if r["config"].enabled else n + args.n_score,
-                        "seg_len": r["stats"]["seg_len"] if r["config"].enabled else None,
-                        "wall_s": round(r["wall_s"], 1), "device": device, "command": command.strip(),
-                    })
+                    records.append(
+                        {
+                            "model": model.path.name,
+                            "context": n,
+                            "metric": "ppl",
+                            "mode": r["mode"],
+                            "value": round(r["ppl"], 4),
+                            "delta_pct": None if r["delta_pct"] is None else round(r["delta_pct"], 3),
+                            "n_scored": args.n_score,
+                            "offset": args.offset,
+                            "params": _params(r["config"]),
+                            "attended": r["stats"]["n_attended"] if r["config"].enabled else n + args.n_score,
+                            "seg_len": r["stats"]["seg_len"] if r["config"].enabled else None,
+                            "wall_s": round(r["wall_s"], 1),
+                            "device": device,
+                            "command": command.strip(),
+                        }
+                    )
         print("\n| context | mode | ppl | vs dense | attended at last step |")
         print("|---|---|---|---|---|")
         for n, r in rows:
             d = "" if r["delta_pct"] is None or r["mode"] == "dense" else f"{r['delta_pct']:+.2f}%"
-            att = (f"{r['stats']['n_attended']} (L={r['stats']['seg_len']})"
-                   if r["config"].enabled and r["stats"]["n_decode_radar"] else "all")
+            att = (
+                f"{r['stats']['n_attended']} (L={r['stats']['seg_len']})"
+                if r["config"].enabled and r["stats"]["n_decode_radar"]
+                else "all"
+            )
             print(f"| {format_size(n)} | {r['mode']} | {r['ppl']:.3f} | {d} | {att} |")
         if args.out:
             merge_records(args.out, records, ("model", "context", "metric", "mode", "n_scored", "offset"))
@@ -475,17 +796,38 @@ def main(argv: Optional[list] = None) -> int:
     depths = [float(d) for d in args.depths.split(",") if d.strip()]
     if any(not 0 <= d <= 1 for d in depths):
         parser.error("--depths must be in [0, 1]")
-    with load(args.model, ctx=lengths[-1] + args.max_tokens + 64, radar=DENSE, threads=args.threads,
-              gpu_layers=args.gpu_layers) as model:
+    with load(
+        args.model,
+        ctx=lengths[-1] + args.max_tokens + 64,
+        radar=DENSE,
+        threads=args.threads,
+        gpu_layers=args.gpu_layers,
+    ) as model:
         log(f"# {model.path.name} on {device}: NIAH {args.lengths} x {args.depths}, feed {args.feed}")
-        recs = eval_niah(model, lengths, depths, specs, feed=args.feed, max_tokens=args.max_tokens, seed=args.seed)
+        recs = eval_niah(
+            model, lengths, depths, specs, feed=args.feed, max_tokens=args.max_tokens, seed=args.seed
+        )
         name = model.path.name
     records = []
     for r in recs:
-        records.append({"model": name, "context": r["length"], "metric": "niah_exact", "mode": r["mode"],
-                        "value": r["score"], "depth": r["depth"], "feed": args.feed, "needle": r["needle"],
-                        "answer": r["answer"], "prompt_tokens": r["prompt_tokens"], "attended": r["attended"],
-                        "params": _params(r["config"]), "device": device, "command": command.strip()})
+        records.append(
+            {
+                "model": name,
+                "context": r["length"],
+                "metric": "niah_exact",
+                "mode": r["mode"],
+                "value": r["score"],
+                "depth": r["depth"],
+                "feed": args.feed,
+                "needle": r["needle"],
+                "answer": r["answer"],
+                "prompt_tokens": r["prompt_tokens"],
+                "attended": r["attended"],
+                "params": _params(r["config"]),
+                "device": device,
+                "command": command.strip(),
+            }
+        )
     print("\n| mode | " + " | ".join(f"{format_size(n)}" for n in lengths) + " | mean |")
     print("|---|" + "---|" * (len(lengths) + 1))
     for spec in specs:

@@ -1,0 +1,765 @@
+"""Selection quality of Radar (the paper's Theorem 2): which segments does a score pick, and how much
+of the exact attention do they hold?
+
+At sampled decode steps the real per-layer queries and keys are captured from the decode graph of
+llama.cpp (the ``radar_attn-<il>`` node, through the ``cb_eval`` scheduler callback), then every
+selection method is replayed in NumPy on the same query and keys and compared with exact attention:
+
+- ``meanvar``, ``mean``, ``minmax``, ``rf``: Radar's scores (``reference.segment_scores``) on summaries
+  recomputed from the captured keys (``reference.summarize``); the capture config's own score is also
+  checked against the kernel (its summaries, its selection and its attention output).
+- ``oracle``: the candidate segments with the most exact attention mass on the searched cells (the
+  upper bound of every metric below at the same budget). ``oracle-op`` is what the library's ORACLE
+  score picks (exact mass over all the segment's cells, the sink token included).
+- ``window``: StreamingLLM-style sinks + recent window: the ``top_k`` most recent candidates.
+- ``random``: ``top_k`` candidates uniformly at random (exact expectations, not a draw).
+
+All methods keep the same always-attended cells (sinks, recent segments, tail) and choose ``top_k``
+segments among the candidates ``[0, n_seg - R)``. The *searched* cells are the candidates' cells
+minus the sinks. Per query head, with ``p`` the exact softmax over every valid cell:
+
+- ``hit@k``: the exact most-attended candidate segment is among the method's ``k`` best-ranked
+  candidates (the retrieval meaning of Hit@k; the paper's 34% / 63% are hit@1 / hit@3).
+- ``seg@k``: share of the exact top-``k`` candidate segments that the selection contains.
+- ``tok@k``: share of the exact top-``k`` tokens of the searched cells inside selected segments;
+  ``tok_all@k`` the same over all valid cells (the always-attended cells count as contained).
+- ``mass``: exact attention mass on the attended cells (dense = 1); ``mass_searched``: share of the
+  searched cells' mass inside the selected segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import reference as ref
+from .config import RadarConfig
+
+SEG_KS = (1, 3, 8)
+TOK_KS = (1, 8, 32)
+HIT_KS = (1, 3)
+METHODS = ("meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random")
+DEFAULT_METHODS = "meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,oracle-op,window,random"
+PAPER = {"hit@1": 0.34, "hit@3": 0.63}  # Radar paper, Llama 3.1 on PG-19
+
+GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_I32 = 0, 1, 26
+_NP_TYPES = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16, GGML_TYPE_I32: np.int32}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- capture: ggml tensors of the decode graph -----------------------------------------------------------
+class ggml_tensor(ctypes.Structure):
+    pass
+
+
+# struct ggml_tensor (ggml/include/ggml.h; GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10,
+# GGML_MAX_NAME 64)
+ggml_tensor._fields_ = [
+    ("type", ctypes.c_int),
+    ("buffer", ctypes.c_void_p),
+    ("ne", ctypes.c_int64 * 4),
+    ("nb", ctypes.c_size_t * 4),
+    ("op", ctypes.c_int),
+    ("op_params", ctypes.c_int32 * 16),
+    ("flags", ctypes.c_int32),
+    ("src", ctypes.POINTER(ggml_tensor) * 10),
+    ("view_src", ctypes.POINTER(ggml_tensor)),
+    ("view_offs", ctypes.c_size_t),
+    ("data", ctypes.c_void_p),
+    ("name", ctypes.c_char * 64),
+    ("extra", ctypes.c_void_p),
+    ("padding", ctypes.c_char * 8),
+]
+
+
+def tensor_array(t: ggml_tensor) -> np.ndarray:
+    """A copy of a host tensor (f32, f16 or i32, views and permutations included) in NumPy order
+    ``[ne3, ne2, ne1, ne0]``."""
+    if t.type not in _NP_TYPES:
+        raise ValueError(f"tensor {t.name.decode()!r}: ggml type {t.type} is not f32/f16/i32")
+    if not t.data:
+        raise ValueError(f"tensor {t.name.decode()!r} has no host data")
+    dt = np.dtype(_NP_TYPES[t.type])
+    ne = [int(t.ne[i]) for i in range(4)]
+    nb = [int(t.nb[i]) for i in range(4)]
+    span = sum((n - 1) * s for n, s in zip(ne, nb)) + dt.itemsize
+    if any(x % dt.itemsize for x in nb):
+        raise ValueError(f"tensor {t.name.decode()!r}: strides {nb} are not multiples of {dt.itemsize}")
+    flat = np.frombuffer((ctypes.c_char * span).from_address(t.data), dtype=dt)
+    a = np.lib.stride_tricks.as_strided(flat, shape=ne[::-1], strides=nb[::-1])
+    return np.array(a)  # copy: the graph's buffers are reused
+
+
+@dataclass
+class AttnCapture:
+    """One ``radar_attn`` node of one decode step (stream 0)."""
+
+    layer: int
+    q: np.ndarray  # [Hq, D] f32
+    k: np.ndarray  # [n_kv, Hkv, D] cache dtype (f16)
+    v: np.ndarray  # [n_kv, Hkv, Dv]
+    mask: np.ndarray  # [n_kv] f32 (0 / -inf)
+    summaries: np.ndarray  # [n_seg, Hkv, W] f32, the kernel's
+    omega: Optional[np.ndarray]  # [D, m] f32 (rf only)
+    out: np.ndarray  # [Hq, Dv] f32, the kernel's result
+    n_seg: int
+    seg_len: int
+    top_k: int
+    n_sink: int
+    n_recent: int
+    score: int
+    shared: bool
+    scale: float
+    max_bias: float
+    softcap: float
+    has_sinks: bool
+
+
+def read_radar_attn(t: ggml_tensor, layer: int) -> AttnCapture:
+    """Copy the inputs, parameters and result of a computed ``radar_attn`` node."""
+    src = [t.src[i].contents if t.src[i] else None for i in range(8)]
+    q = tensor_array(src[0])[0, :, 0, :]  # [ns, Hq, 1, D] -> [Hq, D]
+    k = tensor_array(src[1])[0].transpose(1, 0, 2)  # [ns, Hkv, n_kv, D] -> [n_kv, Hkv, D]
+    v = tensor_array(src[2])[0].transpose(1, 0, 2)
+    mask = tensor_array(src[3])[0, 0, 0, :].astype(np.float32)  # [ns, 1, rows, n_kv] -> row 0
+    info = tensor_array(src[5])  # [1, 1, ns, 2]
+    n_seg = int(info[0, 0, 0, 0])
+    s = tensor_array(src[4])[0, :n_seg]  # [ns, n_seg_cap, Hkv, W] -> [n_seg, Hkv, W]
+    omega = tensor_array(src[6])[0, 0].T.copy() if src[6] is not None else None  # [m, D] -> [D, m]
+    out = tensor_array(t)[0, 0]  # [ns, 1, Hq, Dv] -> [Hq, Dv]
+    p = list(t.op_params)
+    f = np.array(p[6:9], dtype=np.int32).view(np.float32)
+    return AttnCapture(
+        layer=layer,
+        q=q,
+        k=k,
+        v=v,
+        mask=mask,
+        summaries=s,
+        omega=omega,
+        out=out,
+        n_seg=n_seg,
+        seg_len=p[1],
+        top_k=p[2],
+        n_sink=p[3],
+        n_recent=p[4],
+        score=p[0],
+        shared=bool(p[5]),
+        scale=float(f[0]),
+        max_bias=float(f[1]),
+        softcap=float(f[2]),
+        has_sinks=src[7] is not None,
+    )
+
+
+class Capture:
+    """The ``cb_eval`` callback: while ``active``, copies every ``radar_attn-<il>`` node into ``layers``."""
+
+    PREFIX = b"radar_attn-"
+
+    def __init__(self) -> None:
+        self.active = False
+        self.layers: dict[int, AttnCapture] = {}
+        self.error: Optional[BaseException] = None
+
+        def cb(t_ptr: int, ask: bool, _ud: Any) -> bool:
+            if not self.active:
+                return False if ask else True
+            t = ggml_tensor.from_address(t_ptr)
+            name = t.name
+            if not name.startswith(self.PREFIX):
+                return False if ask else True
+            if ask:
+                return True
+            try:
+                il = int(name[len(self.PREFIX) :])
+                self.layers[il] = read_radar_attn(t, il)
+            except Exception as e:  # never raise through C
+                self.error = e
+            return True
+
+        from . import _lib
+
+        self.c_callback = _lib.bindings().llama_cpp.ggml_backend_sched_eval_callback(cb)
+
+    def take(self) -> dict[int, AttnCapture]:
+        if self.error is not None:
+            raise RuntimeError(f"capturing the radar_attn nodes failed: {self.error}") from self.error
+        out, self.layers = self.layers, {}
+        return out
+
+
+@contextlib.contextmanager
+def eval_callback(callback: Any) -> Iterator[None]:
+    """Make the contexts created inside (``radar_gguf.load``) call ``callback`` as their ``cb_eval``.
+
+    llama-cpp-python's ``Llama`` has no argument for it; its constructor takes the context params from
+    ``llama_context_default_params()``, which is wrapped here for the duration of the block.
+    """
+    from . import _lib
+
+    C = _lib.bindings().llama_cpp
+    orig = C.llama_context_default_params
+
+    def with_callback() -> Any:
+        p = orig()
+        p.cb_eval = callback
+        p.cb_eval_user_data = None
+        return p
+
+    C.llama_context_default_params = with_callback
+    try:
+        yield
+    finally:
+        C.llama_context_default_params = orig
+
+
+# -- exact attention and segment geometry -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Geometry:
+    """Segments of one decode step: candidates ``[0, n_cand)``, the rest always attended."""
+
+    seg_len: int
+    n_seg: int
+    n_sink: int
+    n_recent_seg: int  # R = min(n_seg, ceil(n_recent / L))
+    top_k: int
+
+    @classmethod
+    def make(cls, seg_len: int, n_seg: int, n_sink: int, n_recent: int, top_k: int) -> Geometry:
+        return cls(seg_len, n_seg, n_sink, min(n_seg, -(-max(n_recent, 0) // seg_len)), top_k)
+
+    @property
+    def n_cand(self) -> int:
+        return self.n_seg - self.n_recent_seg
+
+    @property
+    def k_sel(self) -> int:
+        return min(self.top_k, self.n_cand)
+
+    def always(self, n_kv: int) -> np.ndarray:
+        """``[n_kv]`` bool: sinks, recent segments and tail (attended whatever the selection)."""
+        a = np.zeros(n_kv, dtype=bool)
+        a[: min(self.n_sink, self.n_seg * self.seg_len)] = True
+        a[self.n_cand * self.seg_len :] = True
+        return a
+
+
+def exact_probs(
+    q: np.ndarray, k: np.ndarray, mask: np.ndarray, scale: float, softcap: float = 0.0, max_bias: float = 0.0
+) -> np.ndarray:
+    """Dense softmax attention weights ``[Hq, n_kv]`` f64 (0 on invalid cells).
+
+    ``q: [Hq, D]``, ``k: [n_kv, Hkv, D]``, ``mask: [n_kv]`` float (0 / -inf / ALiBi) or bool validity.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    m = ref._as_mask(mask)  # [n_kv]
+    hq = q.shape[0]
+    n_kv, hkv, _ = k.shape
+    g = hq // hkv
+    s = np.empty((hq, n_kv))
+    for h in range(hkv):  # [G, D] @ [D, n_kv]: no [n_kv, Hq, D] copy of the keys
+        s[h * g : (h + 1) * g] = q[h * g : (h + 1) * g] @ np.asarray(k[:, h, :], dtype=np.float64).T
+    s *= scale
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
+    valid = np.isfinite(m)
+    s += ref.alibi_slopes(hq, max_bias)[:, None] * np.where(valid, m, 0.0)[None, :]
+    s[:, ~valid] = -np.inf
+    s -= s.max(axis=1, keepdims=True)
+    p = np.exp(s)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def searched_mass(p: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Exact attention mass of each candidate segment's searched cells (sinks excluded): ``[Hq, n_cand]``."""
+    L, nc = geom.seg_len, geom.n_cand
+    ps = p[:, : nc * L].copy()  # [Hq, nc*L]
+    ps[:, : min(geom.n_sink, nc * L)] = 0.0
+    return ps.reshape(p.shape[0], nc, L).sum(axis=2)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+def _top_cells(x: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` largest entries of each row of ``x``, largest first."""
+    part = (
+        np.argpartition(-x, k - 1, axis=1)[:, :k]
+        if k < x.shape[1]
+        else np.tile(np.arange(x.shape[1]), (len(x), 1))
+    )
+    return np.take_along_axis(
+        part, np.argsort(-np.take_along_axis(x, part, axis=1), axis=1, kind="stable"), axis=1
+    )
+
+
+def selection_metrics(p: np.ndarray, order: Optional[np.ndarray], geom: Geometry) -> dict[str, np.ndarray]:
+    """Metrics per query head (``[Hq]`` arrays) of a selection, see the module docstring.
+
+    ``p: [Hq, n_kv]`` exact attention weights; ``order: [Hq, n_cand]`` candidate segments best first (the
+    selection is ``order[:, :top_k]``), or None for the expectation of a uniformly random selection.
+    """
+    hq, n_kv = p.shape
+    L, nc, ks = geom.seg_len, geom.n_cand, geom.k_sel
+    out: dict[str, np.ndarray] = {}
+    always = geom.always(n_kv)  # [n_kv]
+    m_always = p[:, always].sum(axis=1)  # [Hq]
+    segm = searched_mass(p, geom)  # [Hq, nc]
+    total = segm.sum(axis=1)  # [Hq]
+    best = np.argsort(-segm, axis=1, kind="stable")  # [Hq, nc] exact ranking
+    searched = np.zeros(n_kv, dtype=bool)
+    searched[: nc * L] = True
+    searched[: min(geom.n_sink, nc * L)] = False
+    if nc == 0:
+        nan = np.full(hq, np.nan)
+        return {
+            **{f"hit@{k}": nan for k in HIT_KS},
+            **{f"seg@{k}": nan for k in SEG_KS},
+            **{f"tok@{k}": nan for k in TOK_KS},
+            **{f"tok_all@{k}": nan for k in TOK_KS},
+            "mass": m_always,
+            "mass_searched": nan,
+        }
+    if order is None:  # uniform random: every candidate is kept with probability pi
+        pi = ks / nc
+        sel = np.full((hq, nc), pi)  # [Hq, nc] inclusion probability
+        for k in HIT_KS:
+            out[f"hit@{k}"] = np.full(hq, min(k, nc) / nc)
+    else:
+        sel = np.zeros((hq, nc))
+        np.put_along_axis(sel, order[:, :ks], 1.0, axis=1)
+        rank_of_best = np.argmax(order == best[:, :1], axis=1)  # [Hq] where the exact best sits in order
+        for k in HIT_KS:
+            out[f"hit@{k}"] = (rank_of_best < k).astype(np.float64)
+    for k in SEG_KS:
+        kk = min(k, nc)
+        out[f"seg@{k}"] = np.take_along_axis(sel, best[:, :kk], axis=1).mean(axis=1)
+    cell_sel = np.zeros((hq, n_kv))  # [Hq, n_kv] probability that a cell is attended
+    cell_sel[:, always] = 1.0
+    cell_sel[:, : nc * L] = np.maximum(cell_sel[:, : nc * L], np.repeat(sel, L, axis=1))
+    kmax = max(TOK_KS)
+    top = _top_cells(np.where(searched[None, :], p, -1.0), min(kmax, int(searched.sum())))  # [Hq, <=kmax]
+    top_all = _top_cells(p, min(kmax, n_kv))
+    for k in TOK_KS:
+        out[f"tok@{k}"] = np.take_along_axis(cell_sel, top[:, :k], axis=1).mean(axis=1)
+        out[f"tok_all@{k}"] = np.take_along_axis(cell_sel, top_all[:, :k], axis=1).mean(axis=1)
+    got = (sel * segm).sum(axis=1)  # [Hq]
+    out["mass"] = m_always + got
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["mass_searched"] = np.where(total > 0, got / total, np.nan)
+    return out
+
+
+def union_cells(order: Optional[np.ndarray], geom: Geometry, n_kv: int, g: int) -> float:
+    """Mean over KV heads of the distinct cells its ``g`` query heads attend (what one gather per KV
+    head would read); for the random selection the expectation over ``g`` independent draws."""
+    n_always = int(geom.always(n_kv).sum())
+    if order is None:
+        nc = geom.n_cand
+        distinct = nc * (1.0 - (1.0 - geom.k_sel / nc) ** g) if nc else 0.0
+        return float(n_always + distinct * geom.seg_len)
+    hq = order.shape[0]
+    sel = order[:, : geom.k_sel].reshape(hq // g, g * geom.k_sel)
+    return float(n_always + np.mean([len(np.unique(r)) for r in sel]) * geom.seg_len)
+
+
+# -- methods ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """A selection rule: ``kind`` (a score name, ``oracle``, ``oracle-op``, ``window``, ``random``) and the
+    RadarConfig fields that matter (budget, window, sinks, sharing, features, segment length)."""
+
+    spec: str
+    kind: str
+    cfg: RadarConfig
+
+    def top_k(self, seg_len: int) -> int:
+        return self.cfg.top_k if self.cfg.top_k > 0 else max(1, self.cfg.token_budget // seg_len)
+
+
+def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
+    """``NAME[:key=value,...]`` with NAME in METHODS; the fields are RadarConfig's."""
+    from .eval import parse_config
+
+    spec = spec.strip()
+    name, colon, rest = spec.partition(":")
+    if name not in METHODS:
+        raise ValueError(f"method {spec!r}: name must be one of {', '.join(METHODS)}")
+    score = name if name in ("meanvar", "mean", "minmax", "rf") else "meanvar"
+    if name == "oracle-op":
+        score = "oracle"
+    return Method(spec, name, parse_config(score + colon + rest, base))
+
+
+class SummaryCache:
+    """Summaries recomputed from captured keys, per (layer, score, L, features), extended as segments
+    complete (keys of earlier cells do not change between decode steps)."""
+
+    def __init__(self) -> None:
+        self._s: dict[tuple, np.ndarray] = {}
+        self.omegas: dict[tuple, np.ndarray] = {}
+
+    def omega(self, d: int, m: int, seed: int) -> np.ndarray:
+        key = (d, m, seed)
+        if key not in self.omegas:
+            self.omegas[key] = ref.make_omega(d, m, seed)
+        return self.omegas[key]
+
+    def get(
+        self,
+        layer: int,
+        k: np.ndarray,
+        valid: np.ndarray,
+        L: int,
+        n_seg: int,
+        score: int,
+        scale: float,
+        omega: Optional[np.ndarray],
+    ) -> np.ndarray:
+        key = (layer, score, L, None if omega is None else (omega.shape, float(omega[0, 0])))
+        have = self._s.get(key)
+        done = 0 if have is None else have.shape[0]
+        if done < n_seg:
+            new = ref.summarize(
+                k[done * L : n_seg * L], valid[done * L : n_seg * L], L, n_seg - done, score, scale, omega
+            )
+            have = new if have is None else np.concatenate([have, new])
+            self._s[key] = have
+        return have[:n_seg]
+
+
+def _order_from_scores(sc: np.ndarray, shared: bool, g: int) -> np.ndarray:
+    if shared:
+        sc = ref._share_scores(sc, g)
+    return np.argsort(-sc, axis=1, kind="stable")
+
+
+def method_order(
+    m: Method,
+    cap: AttnCapture,
+    p: np.ndarray,
+    geom: Geometry,
+    k64: np.ndarray,
+    valid: np.ndarray,
+    cache: SummaryCache,
+) -> Optional[np.ndarray]:
+    """The method's ranking of the candidates ``[Hq, n_cand]`` (None: random)."""
+    hq = cap.q.shape[0]
+    g = hq // cap.k.shape[1]
+    nc = geom.n_cand
+    if m.kind == "random":
+        return None
+    if m.kind == "window":
+        return np.tile(np.arange(nc - 1, -1, -1), (hq, 1))
+    if m.kind == "oracle":
+        with np.errstate(divide="ignore"):
+            return _order_from_scores(np.log(searched_mass(p, geom)), m.cfg.shared_gqa, g)
+    if m.kind == "oracle-op":
+        with np.errstate(divide="ignore"):
+            lg = np.log(p[:, : nc * geom.seg_len])  # log p = logit - logsumexp: same ranking as the op's
+        sc = ref._logsumexp(lg.reshape(hq, nc, geom.seg_len), axis=2)
+        return _order_from_scores(sc, m.cfg.shared_gqa, g)
+    score = m.cfg.score_id
+    omega = None
+    if score == ref.SCORE_RF:
+        if cap.omega is not None and cap.omega.shape[1] == m.cfg.n_feat:
+            omega = cap.omega  # the library's own projection
+        else:
+            omega = cache.omega(k64.shape[2], m.cfg.n_feat, m.cfg.seed)
+    s = cache.get(cap.layer, k64, valid, geom.seg_len, geom.n_seg, score, cap.scale, omega)
+    sc = ref.segment_scores(cap.q, s[:nc], score, cap.scale, omega)
+    return _order_from_scores(sc, m.cfg.shared_gqa, g)
+
+
+# -- one decode step ----------------------------------------------------------------------------------------
+def kernel_check(
+    cap: AttnCapture, k64: np.ndarray, valid: np.ndarray, cache: SummaryCache
+) -> dict[str, float]:
+    """Does NumPy reproduce the kernel on this node? Summaries (rel. error vs recomputed from the keys),
+    selections (share of heads whose top-k from the kernel's summaries equals that from recomputed ones)
+    and the attention output (max abs error of ``reference.radar_attention`` on the kernel's summaries)."""
+    L, n_seg = cap.seg_len, cap.n_seg
+    res: dict[str, float] = {}
+    if cap.score == ref.SCORE_ORACLE or n_seg == 0:
+        s_np = None
+    else:
+        s_np = cache.get(cap.layer, k64, valid, L, n_seg, cap.score, cap.scale, cap.omega)
+        scale = max(1e-30, float(np.abs(s_np[..., :-1]).max()))
+        res["summary_err"] = float(np.abs(cap.summaries[..., :-1] - s_np[..., :-1]).max() / scale)
+        geom = Geometry.make(L, n_seg, cap.n_sink, cap.n_recent, cap.top_k)
+        if geom.n_cand > geom.top_k:
+            g = cap.q.shape[0] // cap.k.shape[1]
+            a = _order_from_scores(
+                ref.segment_scores(cap.q, cap.summaries[: geom.n_cand], cap.score, cap.scale, cap.omega),
+                cap.shared,
+                g,
+            )[:, : geom.k_sel]
+            b = _order_from_scores(
+                ref.segment_scores(cap.q, s_np[: geom.n_cand], cap.score, cap.scale, cap.omega), cap.shared, g
+            )[:, : geom.k_sel]
+            res["same_selection"] = float(np.mean([set(x) == set(y) for x, y in zip(a, b)]))
+    out, _ = ref.radar_attention(
+        cap.q,
+        k64,
+        cap.v,
+        cap.mask,
+        cap.summaries,
+        n_seg,
+        L,
+        cap.top_k,
+        cap.n_sink,
+        cap.n_recent,
+        cap.score,
+        cap.scale,
+        cap.omega,
+        cap.shared,
+        cap.softcap,
+        cap.max_bias,
+    )
+    res["out_err"] = float(np.abs(out - cap.out).max() / max(1e-30, float(np.abs(cap.out).max())))
+    return res
+
+
+def analyse_step(
+    caps: dict[int, AttnCapture],
+    methods: Sequence[Method],
+    cache: SummaryCache,
+    *,
+    t_activate: int,
+    capture_cfg: RadarConfig,
+    check: bool = True,
+) -> dict:
+    """Metrics of every method on every captured layer of one decode step.
+
+    Returns ``{"layers": {il: {spec: {metric: mean over heads}}}, "check": {il: {...}}, "geometry": {...}}``.
+    A method whose ``aspect``/``seg_len_min`` differ from the captured config gets its own segment length
+    ``seg_len_for(t_activate, ...)`` (the rule the library applies when Radar switches on at ``t_activate``).
+    """
+    res: dict = {"layers": {}, "check": {}, "geometry": {}}
+    for il in sorted(caps):
+        cap = caps[il]
+        k64 = cap.k.astype(np.float64)
+        valid = np.isfinite(cap.mask)
+        n_kv = k64.shape[0]
+        t_valid = int(valid.sum())
+        p = exact_probs(cap.q, k64, cap.mask, cap.scale, cap.softcap, cap.max_bias)
+        g = cap.q.shape[0] // cap.k.shape[1]
+        if check:
+            res["check"][il] = kernel_check(cap, k64, valid, cache)
+        per: dict[str, dict[str, float]] = {}
+        for m in methods:
+            if (m.cfg.aspect, m.cfg.seg_len_min) == (capture_cfg.aspect, capture_cfg.seg_len_min):
+                L, n_seg = cap.seg_len, cap.n_seg
+            else:
+                L = ref.seg_len_for(t_activate, m.cfg.aspect, m.cfg.seg_len_min)
+                n_seg = t_valid // L
+            geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L))
+            order = method_order(m, cap, p, geom, k64, valid, cache)
+            met = {k: float(np.nanmean(v)) for k, v in selection_metrics(p, order, geom).items()}
+            met["attended"] = float(geom.always(n_kv)[valid].sum() + geom.k_sel * L)
+            met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g)
+            per[m.spec] = met
+            res["geometry"][m.spec] = {
+                "seg_len": L,
+                "n_seg": n_seg,
+                "top_k": geom.top_k,
+                "n_cand": geom.n_cand,
+                "n_kv": t_valid,
+            }
+        res["layers"][il] = per
+    return res
+
+
+# -- driving a model ----------------------------------------------------------------------------------------
+def capture_decode(
+    model: Any,
+    capture: Capture,
+    tokens: Sequence[int],
+    n_ctx: int,
+    n_steps: int,
+    stride: int,
+    capture_cfg: RadarConfig,
+    on_step: Callable[[int, dict[int, AttnCapture]], None],
+    cache_dir: Any = None,
+    progress: Callable[[str], None] = log,
+) -> None:
+    """Prefill ``tokens[:n_ctx]`` (disk-cached, dense), switch Radar to ``capture_cfg``, then decode the
+    following tokens one step at a time (teacher forcing); every ``stride``-th step (from the first)
+    the radar_attn nodes are captured and handed to ``on_step(step, captures)``."""
+    from .eval import prefill_cached
+
+    if len(tokens) < n_ctx + (n_steps - 1) * stride:
+        raise ValueError(f"need {n_ctx + (n_steps - 1) * stride} tokens, got {len(tokens)}")
+    t0 = time.perf_counter()
+    how = prefill_cached(model, tokens[:n_ctx], cache_dir)
+    progress(f"# context {n_ctx}: {how} in {time.perf_counter() - t0:.0f} s")
+    model.set_radar(capture_cfg)
+    for step in range((n_steps - 1) * stride + 1):
+        capture.active = step % stride == 0
+        if step == 0:
+            model.prefill(tokens[:n_ctx])  # re-decodes token n_ctx-1: the first Radar decode step
+        else:
+            model.llama.eval([tokens[n_ctx + step - 1]])
+        capture.active = False
+        if step % stride == 0:
+            caps = capture.take()
+            if not caps:
+                raise RuntimeError(
+                    "no radar_attn node in the decode graph: is Radar on above dense_below, with flash attention?"
+                )
+            on_step(step, caps)
+
+
+def summarize_steps(steps: Sequence[dict]) -> dict:
+    """Average per-step results: ``{"per_layer": {spec: {metric: [value per layer]}}, "mean": {spec: {metric:
+    mean over layers}}, "check": {...}}`` (each layer's value is its mean over steps and heads)."""
+    layers = sorted({il for s in steps for il in s["layers"]})
+    specs = list(steps[0]["layers"][layers[0]].keys())
+    metrics = list(steps[0]["layers"][layers[0]][specs[0]].keys())
+    per_layer: dict = {}
+    mean: dict = {}
+    for spec in specs:
+        per_layer[spec] = {}
+        mean[spec] = {}
+        for met in metrics:
+            vals = [
+                float(np.nanmean([s["layers"][il][spec][met] for s in steps if il in s["layers"]]))
+                for il in layers
+            ]
+            per_layer[spec][met] = vals
+            mean[spec][met] = float(np.nanmean(vals))
+    check: dict = {}
+    for s in steps:
+        for c in s["check"].values():
+            for key, v in c.items():
+                check.setdefault(key, []).append(v)
+    chk = {
+        key: {"max" if key.endswith("err") else "mean": float(max(v) if key.endswith("err") else np.mean(v))}
+        for key, v in check.items()
+    }
+    return {"layers": layers, "per_layer": per_layer, "mean": mean, "check": chk}
+
+
+@dataclass
+class SelectionRun:
+    n_ctx: int
+    steps: list = field(default_factory=list)
+    geometry: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def run_selection(
+    model: Any,
+    capture: Capture,
+    tokens: Sequence[int],
+    n_ctx: int,
+    n_steps: int,
+    stride: int,
+    capture_cfg: RadarConfig,
+    methods: Sequence[Method],
+    *,
+    cache_dir: Any = None,
+    check: bool = True,
+    progress: Callable[[str], None] = log,
+) -> SelectionRun:
+    """Capture ``n_steps`` decode steps after an ``n_ctx`` context and evaluate ``methods`` on each."""
+    cache = SummaryCache()
+    run = SelectionRun(n_ctx)
+    t0 = time.perf_counter()
+
+    def on_step(step: int, caps: dict[int, AttnCapture]) -> None:
+        t1 = time.perf_counter()
+        r = analyse_step(caps, methods, cache, t_activate=n_ctx, capture_cfg=capture_cfg, check=check)
+        run.steps.append(r)
+        run.geometry = r["geometry"]
+        first = methods[0].spec
+        h1 = np.mean([r["layers"][il][first]["hit@1"] for il in r["layers"]])
+        ms = np.mean([r["layers"][il][first]["mass_searched"] for il in r["layers"]])
+        progress(
+            f"  step {step:3d}: {len(caps)} layers, n_kv {next(iter(caps.values())).mask.shape[0]}, "
+            f"{first} hit@1 {h1:.2f} mass_searched {ms:.2f} ({time.perf_counter() - t1:.1f} s)"
+        )
+
+    capture_decode(model, capture, tokens, n_ctx, n_steps, stride, capture_cfg, on_step, cache_dir, progress)
+    run.wall_s = time.perf_counter() - t0
+    return run
+
+
+def kv_bytes_per_step(
+    cfg: Optional[RadarConfig],
+    *,
+    n_kv: int,
+    n_layer: int,
+    n_head: int,
+    n_head_kv: int,
+    head_dim: int,
+    head_dim_v: Optional[int] = None,
+    kv_bytes: float = 2.0,
+    union_cells_per_kv_head: Optional[float] = None,
+) -> dict[str, float]:
+    """Attention bytes one decode step reads (all layers): K+V of the attended cells plus the summaries.
+
+    Dense (``cfg`` None or disabled) reads every cell once per KV head. Radar reads, per KV head, the cells
+    its query heads attend: ``union_cells_per_kv_head`` when measured, else the bound from the config
+    (shared selection: one set; per-head: the ``G`` heads' segments disjoint), plus the f32 summary rows of
+    every summarized segment (``W`` floats: 2D+1, or 2m+1 for rf).
+    """
+    dv = head_dim_v or head_dim
+    row = (head_dim + dv) * kv_bytes  # K+V bytes of one cell, one KV head
+    if cfg is None or not cfg.enabled:
+        return {"kv": n_layer * n_head_kv * n_kv * row, "summaries": 0.0, "cells_per_kv_head": float(n_kv)}
+    L = ref.seg_len_for(n_kv, cfg.aspect, cfg.seg_len_min)
+    n_seg = n_kv // L
+    top_k = cfg.top_k if cfg.top_k > 0 else max(1, cfg.token_budget // L)
+    r = min(n_seg, -(-cfg.n_recent // L))
+    n_cand = n_seg - r
+    g = 1 if cfg.shared_gqa else n_head // n_head_kv
+    always = min(cfg.n_sink, n_seg * L) + (n_kv - n_cand * L)
+    cells = union_cells_per_kv_head
+    if cells is None:
+        cells = always + min(n_cand, g * min(top_k, n_cand)) * L
+    w = ref.summary_width(cfg.score_id, head_dim, cfg.n_feat)
+    summ = (
+        n_layer * n_head_kv * n_seg * w * 4.0
+        if cfg.score != "oracle"
+        else n_layer * n_head_kv * n_kv * head_dim * kv_bytes
+    )
+    return {"kv": n_layer * n_head_kv * cells * row, "summaries": summ, "cells_per_kv_head": float(cells)}
+
+
+def plot_per_layer(summary: dict, metric: str, path: Any, title: str) -> Any:
+    """Per-layer ``metric`` of every method (one line each); None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("# matplotlib not installed: no plot")
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for spec, mets in summary["per_layer"].items():
+        ax.plot(summary["layers"], mets[metric], marker="o", ms=3, label=spec)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fmt(x: float) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

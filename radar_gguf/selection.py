@@ -669,16 +669,18 @@ def run_selection(
     methods: Sequence[Method],
     *,
     cache_dir: Any = None,
-    check: bool = True,
+    check_steps: int = 4,
     progress: Callable[[str], None] = log,
 ) -> SelectionRun:
-    """Capture ``n_steps`` decode steps after an ``n_ctx`` context and evaluate ``methods`` on each."""
+    """Capture ``n_steps`` decode steps after an ``n_ctx`` context and evaluate ``methods`` on each; the
+    first ``check_steps`` captures are also checked against the kernel (:func:`kernel_check`)."""
     cache = SummaryCache()
     run = SelectionRun(n_ctx)
     t0 = time.perf_counter()
 
     def on_step(step: int, caps: dict[int, AttnCapture]) -> None:
         t1 = time.perf_counter()
+        check = len(run.steps) < check_steps
         r = analyse_step(caps, methods, cache, t_activate=n_ctx, capture_cfg=capture_cfg, check=check)
         run.steps.append(r)
         run.geometry = r["geometry"]
@@ -737,8 +739,10 @@ def kv_bytes_per_step(
     return {"kv": n_layer * n_head_kv * cells * row, "summaries": summ, "cells_per_kv_head": float(cells)}
 
 
-def plot_per_layer(summary: dict, metric: str, path: Any, title: str) -> Any:
-    """Per-layer ``metric`` of every method (one line each); None when matplotlib is missing."""
+def plot_per_layer(
+    summary: dict, metric: str, path: Any, title: str, specs: Optional[Sequence[str]] = None
+) -> Any:
+    """Per-layer ``metric`` of the methods ``specs`` (default all; one line each); None without matplotlib."""
     try:
         import matplotlib
 
@@ -749,6 +753,8 @@ def plot_per_layer(summary: dict, metric: str, path: Any, title: str) -> Any:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     for spec, mets in summary["per_layer"].items():
+        if specs is not None and spec not in specs:
+            continue
         ax.plot(summary["layers"], mets[metric], marker="o", ms=3, label=spec)
     ax.set_xlabel("layer")
     ax.set_ylabel(metric)

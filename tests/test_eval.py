@@ -25,6 +25,7 @@ from radar_gguf.eval import (
     parse_config,
     prefill_cached,
     split_specs,
+    sweep_records,
     token_nll,
 )
 
@@ -114,3 +115,33 @@ def test_config_specs(tmp_path):
     merge_records(out, [{"context": 1, "mode": "a", "value": 1}, {"context": 1, "mode": "b", "value": 2}], key)
     merge_records(out, [{"context": 1, "mode": "a", "value": 3}], key)
     assert sorted((r["mode"], r["value"]) for r in json.loads(out.read_text())) == [("a", 3), ("b", 2)]
+
+
+def test_sweep_records_join_ppl_bytes_and_selection():
+    shape = {"n_layer": 24, "n_head": 14, "n_head_kv": 2, "head_dim": 64}
+    ppl = [
+        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "dense", "value": 10.0,
+         "params": {"enabled": False}, "command": "c1"},
+        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "meanvar", "value": 10.5,
+         "params": {"enabled": True, "score": "meanvar"}, "command": "c1"},
+        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "meanvar:shared_gqa=true",
+         "value": 11.0, "params": {"enabled": True, "score": "meanvar"}, "command": "c1"},
+        # no dense of its command: skipped; other M: skipped
+        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "mean", "value": 9.0,
+         "params": {}, "command": "c2"},
+        {"model": "m", "context": 16384, "n_scored": 128, "metric": "ppl", "mode": "dense", "value": 9.0,
+         "params": {}, "command": "c1"},
+    ]
+    sel = [{"context": 16384, "mode": "meanvar", "metric": "attended_union", "value": 2000.0},
+           {"context": 16384, "mode": "meanvar", "metric": "hit@1", "value": 0.4}]
+    recs = {r["mode"]: r for r in sweep_records(ppl, sel, shape, 16384, 256)}
+    assert set(recs) == {"dense", "meanvar", "meanvar:shared_gqa=true"}
+    mv, sh, de = recs["meanvar"], recs["meanvar:shared_gqa=true"], recs["dense"]
+    assert mv["value"] == pytest.approx(5.0) and sh["value"] == pytest.approx(10.0) and de["value"] == 0.0
+    n_kv = 16384 + 128
+    assert de["bytes_per_step"] == 24 * 2 * n_kv * 128 * 2
+    # measured union: 2000 cells per KV head; summaries: n_kv // 64 segments of 129 f32
+    assert mv["bytes_measured"] and mv["bytes_kv"] == 24 * 2 * 2000 * 128 * 2
+    assert mv["bytes_summaries"] == 24 * 2 * (n_kv // 64) * 129 * 4
+    assert mv["hit@1"] == 0.4 and "hit@1" not in sh
+    assert not sh["bytes_measured"] and sh["bytes_per_step"] < mv["bytes_bound"]

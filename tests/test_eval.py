@@ -44,7 +44,9 @@ def qwen(model_path, essays_available):
 
 def test_ppl_dense_exact_and_sparse(qwen, tmp_path):
     specs = ["dense", f"meanvar:top_k=1000000,{SHORT}", f"meanvar:token_budget=16,n_recent=0,{SHORT}"]
-    res = {r["mode"]: r for r in eval_ppl(qwen, qwen.toks, N, M, specs, cache_dir=None, progress=lambda s: None)}
+    res = {
+        r["mode"]: r for r in eval_ppl(qwen, qwen.toks, N, M, specs, cache_dir=None, progress=lambda s: None)
+    }
     dense, exact, tiny = (res[s] for s in specs)
     assert len(dense["nll"]) == M
     assert all(math.isfinite(x) and x >= 0 for x in dense["nll"])
@@ -109,10 +111,16 @@ def test_config_specs(tmp_path):
         with pytest.raises(ValueError):
             parse_config(bad)
     assert split_specs("dense,mean,rf:top_k=64,n_recent=1024,meanvar:token_budget=512") == [
-        "dense", "mean", "rf:top_k=64,n_recent=1024", "meanvar:token_budget=512"]
+        "dense",
+        "mean",
+        "rf:top_k=64,n_recent=1024",
+        "meanvar:token_budget=512",
+    ]
     out = tmp_path / "r.json"
     key = ("context", "mode")
-    merge_records(out, [{"context": 1, "mode": "a", "value": 1}, {"context": 1, "mode": "b", "value": 2}], key)
+    merge_records(
+        out, [{"context": 1, "mode": "a", "value": 1}, {"context": 1, "mode": "b", "value": 2}], key
+    )
     merge_records(out, [{"context": 1, "mode": "a", "value": 3}], key)
     assert sorted((r["mode"], r["value"]) for r in json.loads(out.read_text())) == [("a", 3), ("b", 2)]
 
@@ -120,20 +128,62 @@ def test_config_specs(tmp_path):
 def test_sweep_records_join_ppl_bytes_and_selection():
     shape = {"n_layer": 24, "n_head": 14, "n_head_kv": 2, "head_dim": 64}
     ppl = [
-        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "dense", "value": 10.0,
-         "params": {"enabled": False}, "command": "c1"},
-        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "meanvar", "value": 10.5,
-         "params": {"enabled": True, "score": "meanvar"}, "command": "c1"},
-        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "meanvar:shared_gqa=true",
-         "value": 11.0, "params": {"enabled": True, "score": "meanvar"}, "command": "c1"},
+        {
+            "model": "m",
+            "context": 16384,
+            "n_scored": 256,
+            "metric": "ppl",
+            "mode": "dense",
+            "value": 10.0,
+            "params": {"enabled": False},
+            "command": "c1",
+        },
+        {
+            "model": "m",
+            "context": 16384,
+            "n_scored": 256,
+            "metric": "ppl",
+            "mode": "meanvar",
+            "value": 10.5,
+            "params": {"enabled": True, "score": "meanvar"},
+            "command": "c1",
+        },
+        {
+            "model": "m",
+            "context": 16384,
+            "n_scored": 256,
+            "metric": "ppl",
+            "mode": "meanvar:shared_gqa=true",
+            "value": 11.0,
+            "params": {"enabled": True, "score": "meanvar"},
+            "command": "c1",
+        },
         # no dense of its command: skipped; other M: skipped
-        {"model": "m", "context": 16384, "n_scored": 256, "metric": "ppl", "mode": "mean", "value": 9.0,
-         "params": {}, "command": "c2"},
-        {"model": "m", "context": 16384, "n_scored": 128, "metric": "ppl", "mode": "dense", "value": 9.0,
-         "params": {}, "command": "c1"},
+        {
+            "model": "m",
+            "context": 16384,
+            "n_scored": 256,
+            "metric": "ppl",
+            "mode": "mean",
+            "value": 9.0,
+            "params": {},
+            "command": "c2",
+        },
+        {
+            "model": "m",
+            "context": 16384,
+            "n_scored": 128,
+            "metric": "ppl",
+            "mode": "dense",
+            "value": 9.0,
+            "params": {},
+            "command": "c1",
+        },
     ]
-    sel = [{"context": 16384, "mode": "meanvar", "metric": "attended_union", "value": 2000.0},
-           {"context": 16384, "mode": "meanvar", "metric": "hit@1", "value": 0.4}]
+    sel = [
+        {"context": 16384, "mode": "meanvar", "metric": "attended_union", "value": 2000.0},
+        {"context": 16384, "mode": "meanvar", "metric": "hit@1", "value": 0.4},
+    ]
     recs = {r["mode"]: r for r in sweep_records(ppl, sel, shape, 16384, 256)}
     assert set(recs) == {"dense", "meanvar", "meanvar:shared_gqa=true"}
     mv, sh, de = recs["meanvar"], recs["meanvar:shared_gqa=true"], recs["dense"]
@@ -145,3 +195,20 @@ def test_sweep_records_join_ppl_bytes_and_selection():
     assert mv["bytes_summaries"] == 24 * 2 * (n_kv // 64) * 129 * 4
     assert mv["hit@1"] == 0.4 and "hit@1" not in sh
     assert not sh["bytes_measured"] and sh["bytes_per_step"] < mv["bytes_bound"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["select", "--capture", "dense"],  # nothing to capture
+        ["select", "--methods", "meanvar,best"],  # unknown method
+        ["select", "--capture", "meanvar:dense_below=65536", "--contexts", "16k"],  # Radar off at 16k
+    ],
+)
+def test_select_cli_rejects_before_loading(argv, capsys):
+    from radar_gguf.eval import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err

@@ -138,6 +138,16 @@ def token_nll(logits: Any, target: int) -> float:
     return float(m + math.log(np.exp(x - m).sum()) - x[target])
 
 
+def paired_se_pct(nll: Sequence[float], ref_nll: Sequence[float]) -> float:
+    """Standard error (in % of perplexity) of the perplexity ratio of two runs scored on the same tokens:
+    ``ppl / ppl_ref = exp(mean(d))`` with ``d`` the per-token NLL differences, so its SE is about
+    ``100 * std(d) / sqrt(M)`` percent (pairing removes the tokens' own difficulty)."""
+    import numpy as np
+
+    d = np.asarray(nll, dtype=np.float64) - np.asarray(ref_nll, dtype=np.float64)
+    return float(100.0 * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
 def score_continuation(model: Any, tokens: Sequence[int], n_ctx: int, n_score: int, cfg: RadarConfig) -> dict:
     """Set ``cfg``, make the context hold ``tokens[:n_ctx]`` (reusing what is cached), then score
     ``tokens[n_ctx : n_ctx+n_score]`` one decode step at a time. Returns nll list, ppl, stats."""
@@ -224,22 +234,24 @@ def eval_ppl(
     how = prefill_cached(model, tokens[:n_ctx], cache_dir)
     progress(f"# context {format_size(n_ctx)}: {how} in {time.perf_counter() - t0:.0f} s")
     dense_ppl = None
+    dense_nll: Optional[list] = None
     order = sorted(specs, key=lambda s: s != "dense")  # dense first: the reference for deltas
     for spec in order:
         cfg = parse_config(spec)
         r = score_continuation(model, tokens, n_ctx, n_score, cfg)
         if spec == "dense":
-            dense_ppl = r["ppl"]
+            dense_ppl, dense_nll = r["ppl"], r["nll"]
         r["mode"] = spec
         r["config"] = cfg
         r["delta_pct"] = None if dense_ppl is None else 100.0 * (r["ppl"] / dense_ppl - 1.0)
+        r["delta_se_pct"] = None if dense_nll is None else paired_se_pct(r["nll"], dense_nll)
         st = r["stats"]
         att = (
             f", attends {st['n_attended']}/{st['n_kv']} (L={st['seg_len']})"
             if cfg.enabled and st["n_decode_radar"]
             else ""
         )
-        d = "" if r["delta_pct"] is None else f" ({r['delta_pct']:+.2f}%)"
+        d = "" if r["delta_pct"] is None else f" ({r['delta_pct']:+.2f}% ± {r['delta_se_pct']:.2f})"
         progress(f"  {spec:40s} ppl {r['ppl']:8.3f}{d}  {r['wall_s']:.0f} s{att}")
         yield r
 
@@ -931,6 +943,9 @@ def main(argv: Optional[list] = None) -> int:
                             "mode": r["mode"],
                             "value": round(r["ppl"], 4),
                             "delta_pct": None if r["delta_pct"] is None else round(r["delta_pct"], 3),
+                            "delta_se_pct": None
+                            if r["delta_se_pct"] is None
+                            else round(r["delta_se_pct"], 3),
                             "n_scored": args.n_score,
                             "offset": args.offset,
                             "params": _params(r["config"]),

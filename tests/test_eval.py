@@ -212,3 +212,10 @@ def test_select_cli_rejects_before_loading(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_paired_se_pct():
+    from radar_gguf.eval import paired_se_pct
+
+    assert paired_se_pct([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) == pytest.approx(100 / math.sqrt(3))
+    assert paired_se_pct([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == 0.0  # a constant shift is certain

@@ -31,6 +31,13 @@ model() {
     fi
     echo "$q"
 }
+# the GPU machine's python3 may bring an older libstdc++ than the one the library was built with
+preload_libstdcxx() {
+    local lib
+    lib=$(g++ -print-file-name=libstdc++.so.6 2>/dev/null || true)
+    [ -f "$lib" ] && export LD_PRELOAD=$lib
+    echo "python3: $(command -v python3), LD_PRELOAD=${LD_PRELOAD:-}" >&2
+}
 case "${1:-}" in
     build)
         # -mno-amx: ggml's AMX path crashes in batched matmuls on AMX hosts (see CMakeLists.txt)
@@ -80,6 +87,7 @@ case "${1:-}" in
         depth=${3:-8192}
         q=$(model "$shape")
         export PYTHONPATH=$bindings LLAMA_CPP_LIB_PATH=$bld/bin
+        preload_libstdcxx
         run() { # name ngl radar-spec
             LLAMA_RADAR=$3 python3 scripts/radar_logits.py run "$q" --ngl "$2" --depth "$depth" --steps 32 \
                 --threads "$(nproc)" --out "/tmp/e2e-$1.npy" 2> "/tmp/e2e-$1.log" || { tail -20 "/tmp/e2e-$1.log"; exit 1; }
@@ -102,6 +110,7 @@ case "${1:-}" in
         depth=${3:-8192}
         q=$(model "$shape")
         export PYTHONPATH=$bindings LLAMA_CPP_LIB_PATH=$bld/bin
+        preload_libstdcxx
         for spec in 0 1; do
             CUDA_VISIBLE_DEVICES=0 LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode none \
                 --depth "$depth" --steps 32 --out "/tmp/mg1-$spec.npy" 2> /tmp/mg1-$spec.log

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 from . import __version__
 from .config import RadarConfig, RadarStats
@@ -88,7 +88,9 @@ def bindings() -> Any:
             "the Python package and the library were built from different versions. Reinstall with `pip install .`."
         )
     if llama_cpp.__version__ != "0.3.36":
-        raise LibraryError(f"radar_gguf needs the pinned llama_cpp bindings 0.3.36, found {llama_cpp.__version__}")
+        raise LibraryError(
+            f"radar_gguf needs the pinned llama_cpp bindings 0.3.36, found {llama_cpp.__version__}"
+        )
 
     ctx_p = C.llama_context_p_ctypes
     lib.llama_radar_default_params.argtypes = []
@@ -103,6 +105,9 @@ def bindings() -> Any:
     lib.llama_radar_reset_stats.restype = None
     lib.llama_radar_strerror.argtypes = [ctypes.c_int32]
     lib.llama_radar_strerror.restype = ctypes.c_char_p
+    # void llama_radar_memory_totals(const struct llama_context * ctx, uint64_t out[6])
+    lib.llama_radar_memory_totals.argtypes = [ctx_p, ctypes.POINTER(ctypes.c_uint64)]
+    lib.llama_radar_memory_totals.restype = None
     return llama_cpp
 
 
@@ -125,16 +130,35 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
     from .config import SCORES
 
     return RadarConfig(
-        enabled=bool(p.enabled), score=SCORES[p.score], n_feat=p.n_feat, top_k=p.top_k,
-        token_budget=p.token_budget, n_sink=p.n_sink, n_recent=p.n_recent, aspect=float(p.aspect),
-        seg_len_min=p.seg_len_min, dense_below=p.dense_below, seed=p.seed, shared_gqa=bool(p.shared_gqa),
+        enabled=bool(p.enabled),
+        score=SCORES[p.score],
+        n_feat=p.n_feat,
+        top_k=p.top_k,
+        token_budget=p.token_budget,
+        n_sink=p.n_sink,
+        n_recent=p.n_recent,
+        aspect=float(p.aspect),
+        seg_len_min=p.seg_len_min,
+        dense_below=p.dense_below,
+        seed=p.seed,
+        shared_gqa=bool(p.shared_gqa),
     )
 
 
 def _to_c(cfg: RadarConfig) -> llama_radar_params:
     return llama_radar_params(
-        cfg.enabled, cfg.score_id, cfg.n_feat, cfg.top_k, cfg.token_budget, cfg.n_sink, cfg.n_recent,
-        float(cfg.aspect), cfg.seg_len_min, cfg.dense_below, cfg.seed, cfg.shared_gqa,
+        cfg.enabled,
+        cfg.score_id,
+        cfg.n_feat,
+        cfg.top_k,
+        cfg.token_budget,
+        cfg.n_sink,
+        cfg.n_recent,
+        float(cfg.aspect),
+        cfg.seg_len_min,
+        cfg.dense_below,
+        cfg.seed,
+        cfg.shared_gqa,
     )
 
 
@@ -169,3 +193,60 @@ def radar_stats(ctx: Any) -> RadarStats:
 
 def radar_reset_stats(ctx: Any) -> None:
     _lib().llama_radar_reset_stats(ctx)
+
+
+def memory_totals(ctx: Any) -> tuple[int, int, int, int, int, int]:
+    """llama.cpp's memory accounting of a context, in bytes: host model, context, compute, then the
+    same three on devices (GPU). For a model loaded with ``no_alloc`` it is what they would take."""
+    out = (ctypes.c_uint64 * 6)()
+    _lib().llama_radar_memory_totals(ctx, out)
+    return tuple(int(v) for v in out)  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=1)
+def _ggml() -> Any:
+    """libggml (the backend registry), next to the libllama that got loaded (already mapped by it)."""
+    name = bindings().llama_cpp._lib._name
+    folder, base = os.path.split(name)
+    for candidate in (base.replace("llama", "ggml", 1), "libggml.so", "libggml.dylib", "ggml.dll"):
+        path = os.path.join(folder, candidate)
+        if os.path.exists(path):
+            lib = ctypes.CDLL(path)
+            break
+    else:  # pragma: no cover - every build ships it next to libllama
+        return None
+    lib.ggml_backend_dev_count.argtypes = []
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    lib.ggml_backend_dev_memory.restype = None
+    return lib
+
+
+GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU = 1, 2
+
+
+def device_memory() -> Optional[tuple[int, int]]:
+    """(free, total) bytes summed over the GPU devices ggml sees; None when there is none."""
+    lib = _ggml()
+    if lib is None:
+        return None
+    free_sum = total_sum = n = 0
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if lib.ggml_backend_dev_type(dev) not in (
+            GGML_BACKEND_DEVICE_TYPE_GPU,
+            GGML_BACKEND_DEVICE_TYPE_IGPU,
+        ):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        free_sum, total_sum, n = free_sum + free.value, total_sum + total.value, n + 1
+    return (free_sum, total_sum) if n else None

@@ -7,9 +7,11 @@ yields a ``GenerationResponse`` per token with the text piece, the token id and 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -19,6 +21,14 @@ from .config import RadarConfig, RadarStats
 
 DEFAULT_CTX = 8192
 DEFAULT_MAX_TOKENS = 512
+# the memory check before allocation: refuse when need * (1 + FIT_MARGIN) + FIT_RESERVE > available
+FIT_MARGIN = 0.05
+FIT_RESERVE = 256 << 20
+NO_FIT_CHECK_ENV = "RADAR_GGUF_NO_FIT_CHECK"  # =1 skips the check (e.g. swap you mean to use)
+# a chat that outgrows the context drops its oldest turns until it fills at most this fraction
+CHAT_KEEP_FRACTION = 0.5
+ESTIMATE_MAX_CTX = 1 << 22  # larger contexts are estimated by scaling (see estimate_memory)
+MAX_CTX = (1 << 31) - 1  # llama.cpp's n_ctx is a uint32; positions are int32
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -54,19 +64,184 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class ContextTooLargeError(ValueError):
+    """The requested context (with the model and compute buffers) does not fit in memory."""
+
+
+@dataclass
+class MemoryEstimate:
+    """What llama.cpp would allocate for a model and context, in bytes (its own accounting), and
+    what is available. ``device_*`` are GPU buffers (0 on a CPU-only build)."""
+
+    host_model: int
+    host_context: int  # KV cache (+ recurrent state)
+    host_compute: int
+    device_model: int
+    device_context: int
+    device_compute: int
+    host_available: Optional[int]  # MemAvailable; None where it cannot be read
+    device_free: Optional[int]  # free GPU memory summed over devices; None without a GPU
+    ctx: int
+    seconds: float  # time the estimate took (a metadata-only load of the model)
+
+    @property
+    def host_need(self) -> int:
+        return self.host_model + self.host_context + self.host_compute
+
+    @property
+    def device_need(self) -> int:
+        return self.device_model + self.device_context + self.device_compute
+
+    @staticmethod
+    def _fits(need: int, available: Optional[int]) -> bool:
+        return available is None or need * (1 + FIT_MARGIN) + FIT_RESERVE <= available
+
+    def problem(self) -> Optional[str]:
+        """Why it does not fit (one sentence with the figures), or None if it fits."""
+        gib = 1 << 30
+        for where, need, avail, parts in (
+            (
+                "host memory",
+                self.host_need,
+                self.host_available,
+                (self.host_model, self.host_context, self.host_compute),
+            ),
+            (
+                "GPU memory",
+                self.device_need,
+                self.device_free,
+                (self.device_model, self.device_context, self.device_compute),
+            ),
+        ):
+            if need == 0 or self._fits(need, avail):
+                continue
+            assert avail is not None
+            # the KV cache and (roughly) the compute buffers grow with the context, the weights do not
+            per_token = (need - parts[0]) / max(1, self.ctx)
+            room = (avail - FIT_RESERVE) / (1 + FIT_MARGIN) - parts[0]
+            hint = (
+                f"about {int(room / per_token) // 1024 * 1024} tokens would fit"
+                if per_token > 0 and room / per_token >= 1024
+                else "the model alone barely fits"
+            )
+            return (
+                f"a {self.ctx}-token context does not fit in {where}: llama.cpp needs {need / gib:.2f} GiB "
+                f"(model {parts[0] / gib:.2f}, KV cache {parts[1] / gib:.2f}, compute {parts[2] / gib:.2f}) "
+                f"but {avail / gib:.2f} GiB is available; lower --ctx ({hint}). "
+                f"Nothing was allocated. {NO_FIT_CHECK_ENV}=1 skips this check."
+            )
+        return None
+
+
+def host_available_memory() -> Optional[int]:
+    """Bytes of host memory available for new allocations (Linux MemAvailable; else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory(
+    path: Union[str, os.PathLike],
+    *,
+    ctx: int,
+    n_batch: int = 512,
+    gpu_layers: int = 0,
+    flash_attn: bool = True,
+    verbose: bool = False,
+    **llama_kwargs: Any,
+) -> MemoryEstimate:
+    """What loading ``path`` with a ``ctx``-token context would allocate, without allocating it.
+
+    Loads the model's metadata with ``no_alloc`` and makes a context with the same parameters as
+    :class:`Model` does; llama.cpp then sizes every buffer (weights, KV cache, compute graph) without
+    allocating them, and ``llama_radar_memory_totals`` reads its accounting. Above
+    ``ESTIMATE_MAX_CTX`` tokens (where llama.cpp's per-cell bookkeeping alone would take hundreds of
+    MiB) the KV cache and compute figures are scaled linearly from a context of that size.
+    """
+    C = _lib.bindings()
+    from llama_cpp._logger import set_verbose
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    set_verbose(verbose)
+    t0 = time.perf_counter()
+    mp = C.llama_model_default_params()
+    mp.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
+    mp.no_alloc = True
+    mp.load_mode = C.LLAMA_LOAD_MODE_NONE  # no_alloc asserts with mmap
+    with suppress_stdout_stderr(disable=verbose):
+        model = C.llama_model_load_from_file(os.fspath(path).encode(), mp)
+    if not model:
+        raise ValueError(f"{os.fspath(path)}: llama.cpp could not read the model")
+    n_ctx = min(ctx, ESTIMATE_MAX_CTX)
+    try:
+        cp = C.llama_context_default_params()
+        n_batch = min(n_batch, n_ctx)
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, min(n_batch, 512)
+        cp.n_threads = cp.n_threads_batch = 1
+        cp.flash_attn_type = (
+            C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        for key in ("type_k", "type_v", "swa_full", "offload_kqv", "op_offload"):
+            if llama_kwargs.get(key) is not None:
+                setattr(cp, key, llama_kwargs[key])
+        with suppress_stdout_stderr(disable=verbose):
+            lctx = C.llama_init_from_model(model, cp)
+        if not lctx:
+            raise ContextTooLargeError(f"{os.fspath(path)}: llama.cpp cannot make a {ctx}-token context")
+        try:
+            totals = list(_lib.memory_totals(lctx))
+        finally:
+            C.llama_free(lctx)
+    finally:
+        C.llama_model_free(model)
+    if ctx > n_ctx:
+        for i in (1, 2, 4, 5):  # context and compute, host and device
+            totals[i] = totals[i] * ctx // n_ctx
+    dev = _lib.device_memory()
+    if dev is None:  # no GPU: "device" buffers (e.g. CPU_REPACK weights) live in host memory too
+        totals = [totals[0] + totals[3], totals[1] + totals[4], totals[2] + totals[5], 0, 0, 0]
+    return MemoryEstimate(
+        *totals,
+        host_available=host_available_memory(),
+        device_free=dev[0] if dev else None,
+        ctx=ctx,
+        seconds=time.perf_counter() - t0,
+    )
+
+
 class Model:
     """A loaded model with its context. Use :func:`load` to make one; close it (or use ``with``)."""
 
-    def __init__(self, path: Path, *, ctx: int, radar: Optional[RadarConfig], gpu_layers: int,
-                 threads: Optional[int], seed: int, n_batch: int, verbose: bool, flash_attn: bool = True,
-                 **llama_kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        ctx: int,
+        radar: Optional[RadarConfig],
+        gpu_layers: int,
+        threads: Optional[int],
+        seed: int,
+        n_batch: int,
+        verbose: bool,
+        flash_attn: bool = True,
+        fit_check: bool = True,
+        **llama_kwargs: Any,
+    ) -> None:
         from .gguf_check import check_gguf
 
         llama_cpp = _lib.bindings()
         self.path = Path(path)
         self.info = check_gguf(self.path)  # clear errors before llama.cpp touches the file
-        if ctx <= 0:
-            raise ValueError(f"ctx must be positive, got {ctx}")
+        if not 0 < ctx <= MAX_CTX:
+            raise ValueError(f"ctx must be in [1, {MAX_CTX}], got {ctx}")
         trained = self.info.context_length
         if trained and ctx > trained:
             warnings.warn(
@@ -74,12 +249,36 @@ class Model:
                 "quality degrades past it unless the model uses RoPE scaling",
                 stacklevel=3,
             )
+        # one generation at a time: a second thread waits, a second generator in this thread is refused
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+        self.memory: Optional[MemoryEstimate] = None
+        if fit_check and os.environ.get(NO_FIT_CHECK_ENV, "") in ("", "0"):
+            self.memory = estimate_memory(
+                self.path,
+                ctx=ctx,
+                n_batch=n_batch,
+                gpu_layers=gpu_layers,
+                flash_attn=flash_attn,
+                verbose=verbose,
+                **llama_kwargs,
+            )
+            problem = self.memory.problem()
+            if problem:
+                raise ContextTooLargeError(f"{self.path.name}: {problem}")
         n_threads = threads or _default_threads()
         self.llama = llama_cpp.Llama(
-            model_path=str(self.path), n_ctx=ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
-            n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=gpu_layers,
+            model_path=str(self.path),
+            n_ctx=ctx,
+            n_batch=n_batch,
+            n_ubatch=min(n_batch, 512),
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=gpu_layers,
             flash_attn=flash_attn,  # Radar reads V untransposed; FA is also the fast dense path
-            seed=seed, verbose=verbose, **llama_kwargs,
+            seed=seed,
+            verbose=verbose,
+            **llama_kwargs,
         )
         self.ctx = ctx
         self.seed = seed
@@ -108,11 +307,30 @@ class Model:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def exclusive(self, what: str = "this call") -> Iterator[None]:
+        """Hold the model for one operation: another thread waits its turn; the same thread, while a
+        generation from this model is still open (not exhausted or closed), gets a RuntimeError
+        (its context would be changed under the open generation)."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError(
+                f"{what}: a generation from this model is still open in this thread; exhaust it or call "
+                "its close() first (one model runs one generation at a time)"
+            )
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
+
     # -- Radar ----------------------------------------------------------------------------------
     def set_radar(self, cfg: RadarConfig) -> None:
         """Change the Radar parameters; takes effect at the next decode step."""
-        _lib.radar_set(self.llama.ctx, cfg)
-        self.radar = cfg
+        with self.exclusive("set_radar"):
+            _lib.radar_set(self.llama.ctx, cfg)
+            self.radar = cfg
 
     def radar_stats(self) -> RadarStats:
         return _lib.radar_stats(self.llama.ctx)
@@ -131,8 +349,9 @@ class Model:
 
     def reset(self) -> None:
         """Forget the context (the next call prefills from scratch)."""
-        self.llama.reset()
-        self.llama._ctx.kv_cache_clear()
+        with self.exclusive("reset"):
+            self.llama.reset()
+            self.llama._ctx.kv_cache_clear()
 
     def logits(self) -> Any:
         """Logits of the last evaluated token, as a NumPy array [n_vocab] (a copy)."""
@@ -146,6 +365,10 @@ class Model:
 
         Returns how many tokens were evaluated. Raises ValueError if they do not fit the context.
         """
+        with self.exclusive("prefill"):
+            return self._prefill(tokens)
+
+    def _prefill(self, tokens: Sequence[int]) -> int:
         tokens = list(tokens)
         if len(tokens) > self.ctx:
             raise ValueError(
@@ -189,6 +412,34 @@ class Model:
         does not re-prefill). Greedy when ``temperature`` is 0. Stops at an end-of-generation
         token, a ``stop`` string, ``max_tokens``, or a full context.
         """
+        with self.exclusive("stream_generate"):
+            yield from self._stream_generate(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                min_p=min_p,
+                repeat_penalty=repeat_penalty,
+                seed=seed,
+                stop=stop,
+                add_bos=add_bos,
+            )
+
+    def _stream_generate(
+        self,
+        prompt: Union[str, Sequence[int]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        min_p: float,
+        repeat_penalty: float,
+        seed: Optional[int],
+        stop: Sequence[str],
+        add_bos: bool,
+    ) -> Iterator[GenerationResponse]:
         llama_cpp = _lib.bindings()
         llama = self.llama
         tokens = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
@@ -198,15 +449,16 @@ class Model:
             llama.set_seed(seed)
 
         t0 = time.perf_counter()
-        n_prompt = self.prefill(tokens)
+        n_prompt = self._prefill(tokens)
         t_prompt = time.perf_counter() - t0
         prompt_tps = n_prompt / t_prompt if t_prompt > 0 else 0.0
         self._timing.prompt_tokens, self._timing.prompt_s = n_prompt, t_prompt
 
         # one sampler for the whole generation: its RNG advances token by token (a fresh sampler per
         # token would reseed and draw the same random number every step)
-        llama._sampler = llama._init_sampler(temp=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                             repeat_penalty=repeat_penalty)
+        llama._sampler = llama._init_sampler(
+            temp=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty
+        )
         n_gen = 0
         t_gen0 = time.perf_counter()
         try:
@@ -223,7 +475,9 @@ class Model:
                     finish = "stop"
                     piece = ""
                 else:
-                    raw = pending + llama.detokenize([token], prev_tokens=llama.input_ids[: llama.n_tokens].tolist())
+                    raw = pending + llama.detokenize(
+                        [token], prev_tokens=llama.input_ids[: llama.n_tokens].tolist()
+                    )
                     piece, pending = _split_utf8(raw)
                     if self.n_past >= self.ctx:
                         finish = "length"
@@ -239,10 +493,15 @@ class Model:
                 if finish is None and n_gen >= max_tokens:
                     finish = "length"
                 yield GenerationResponse(
-                    text=piece, token=token, prompt_tokens=n_prompt, prompt_tps=prompt_tps,
-                    generation_tokens=n_gen, generation_tps=n_gen / elapsed if elapsed > 0 else 0.0,
-                    context_tokens=self.n_past, finish_reason=finish,
-                    radar=self.radar_stats() if finish else None,
+                    text=piece,
+                    token=token,
+                    prompt_tokens=n_prompt,
+                    prompt_tps=prompt_tps,
+                    generation_tokens=n_gen,
+                    generation_tps=n_gen / elapsed if elapsed > 0 else 0.0,
+                    context_tokens=self.n_past,
+                    finish_reason=finish,
+                    radar=_lib.radar_stats(llama.ctx) if finish else None,
                 )
         finally:
             llama._sampler = None
@@ -267,19 +526,75 @@ class Model:
         def tok_text(t: int) -> str:
             return llama._model.token_get_text(t) if t >= 0 else ""
 
-        fmt = Jinja2ChatFormatter(template=template, eos_token=tok_text(llama.token_eos()),
-                                  bos_token=tok_text(llama.token_bos()))
+        fmt = Jinja2ChatFormatter(
+            template=template, eos_token=tok_text(llama.token_eos()), bos_token=tok_text(llama.token_bos())
+        )
         r = fmt(messages=list(messages))
         stops = r.stop if isinstance(r.stop, list) else ([r.stop] if r.stop else [])
         return r.prompt, stops
 
-    def stream_chat(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[GenerationResponse]:
-        """Stream the assistant's reply to ``messages`` (template applied, prefix reused)."""
+    def chat_tokens(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
+        """The token ids :meth:`stream_chat` prefills for ``messages``, and the template's stop strings."""
         prompt, stops = self.format_chat(messages)
-        bos_in_template = self.llama.token_bos() >= 0 and prompt.startswith(
-            self.llama._model.token_get_text(self.llama.token_bos()))
+        llama = self.llama
+        bos = llama.token_bos()
+        bos_in_template = bos >= 0 and prompt.startswith(llama._model.token_get_text(bos))
+        return self.tokenize(prompt, add_bos=not bos_in_template and _wants_bos(self)), stops
+
+    def fit_chat(
+        self, messages: Sequence[Message], *, reserve: int = 0, keep: float = CHAT_KEEP_FRACTION
+    ) -> tuple[list[Message], int]:
+        """Context shift for a chat: the messages to send so that the prompt leaves ``reserve`` tokens free.
+
+        A conversation that fits is returned as it is. One that does not loses its oldest turns (a
+        user message and the replies after it, whole), never the leading system message nor the last
+        user message, until it fills at most ``keep`` (a fraction) of the context, so that the next
+        shift is many turns away (each shift re-evaluates the turns kept; the system prompt stays in
+        the KV cache). Keep the returned list as the conversation: the next turn then reuses the
+        context. Returns (messages, number of messages dropped); raises ValueError if even the system
+        message and the last user message do not fit.
+        """
+        messages = list(messages)
+        reserve = max(0, min(reserve, self.ctx - 1))
+        if len(self.chat_tokens(messages)[0]) + reserve <= self.ctx:
+            return messages, 0
+        head = messages[:1] if messages and messages[0].get("role") == "system" else []
+        rest = messages[len(head) :]
+        cuts = [i for i, m in enumerate(rest) if m.get("role") == "user" and i > 0]
+        target = min(self.ctx - reserve, int(self.ctx * keep))
+
+        def size(cut: int) -> int:
+            return len(self.chat_tokens(head + rest[cut:])[0])
+
+        # the token count falls as the cut moves later: binary search for the earliest cut under target
+        lo, hi = 0, len(cuts) - 1
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if size(cuts[mid]) <= target:
+                best, hi = mid, mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            last = cuts[-1] if cuts else 0
+            n = size(last)
+            if n + reserve > self.ctx:
+                raise ValueError(
+                    f"the system prompt and the last message take {n} tokens; with {reserve} tokens for the "
+                    f"reply they do not fit the {self.ctx}-token context: raise --ctx or shorten them"
+                )
+            cut = last
+        else:
+            cut = cuts[best]
+        return head + rest[cut:], cut
+
+    def stream_chat(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[GenerationResponse]:
+        """Stream the assistant's reply to ``messages`` (template applied, prefix reused).
+
+        Raises ValueError if the conversation does not fit the context (see :meth:`fit_chat`)."""
+        tokens, stops = self.chat_tokens(messages)
         kwargs.setdefault("stop", stops)
-        yield from self.stream_generate(prompt, add_bos=not bos_in_template and _wants_bos(self), **kwargs)
+        yield from self.stream_generate(tokens, **kwargs)
 
     def chat(self, messages: Sequence[Message], **kwargs: Any) -> str:
         """The assistant's whole reply to ``messages``."""
@@ -338,6 +653,7 @@ def load(
     n_batch: int = 512,
     verbose: bool = False,
     flash_attn: bool = True,
+    fit_check: bool = True,
     **llama_kwargs: Any,
 ) -> Model:
     """Load a GGUF model with Radar decoding.
@@ -351,8 +667,21 @@ def load(
         threads: CPU threads (default: all available cores).
         seed: sampling seed.
         flash_attn: flash attention (Radar needs it; off only for dense-only comparisons).
+        fit_check: refuse (ContextTooLargeError) a context that would not fit in host or GPU memory,
+            measured by llama.cpp before anything is allocated (``RADAR_GGUF_NO_FIT_CHECK=1`` also skips it).
         llama_kwargs: passed on to ``llama_cpp.Llama`` (e.g. ``type_k``, ``type_v``).
     """
     path = resolve_model_path(model)
-    return Model(path, ctx=ctx, radar=radar, gpu_layers=gpu_layers, threads=threads, seed=seed,
-                 n_batch=n_batch, verbose=verbose, flash_attn=flash_attn, **llama_kwargs)
+    return Model(
+        path,
+        ctx=ctx,
+        radar=radar,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        seed=seed,
+        n_batch=n_batch,
+        verbose=verbose,
+        flash_attn=flash_attn,
+        fit_check=fit_check,
+        **llama_kwargs,
+    )

@@ -36,6 +36,8 @@ SUPPORTED_VERSIONS = (2, 3)
 MAX_TENSORS = 1_000_000
 MAX_KV = 1_000_000
 MAX_DIMS = 4
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS (llama-hparams.h)
+MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME (64) including the terminating NUL
 MAX_KEY_LENGTH = 65535  # GGUF spec: keys are at most 2**16 - 1 bytes
 DEFAULT_ALIGNMENT = 32
@@ -112,6 +114,7 @@ _INT_TYPES = {0, 1, 2, 3, 4, 5, 10, 11}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
+TOKENS_KEY = "tokenizer.ggml.tokens"
 _SPLIT_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -204,6 +207,7 @@ class _Reader:
         self.pos = 0
         self.buf = b""
         self.buf_start = 0
+        self.vocab: Optional[set[bytes]] = None  # token texts, once tokenizer.ggml.tokens is read
 
     def error(self, message: str) -> GGUFError:
         return GGUFError(self.path, message)
@@ -262,6 +266,33 @@ class _Reader:
         if limit is not None and n > limit:
             raise self.error(f"{what}: string length {n} at offset {at} exceeds the limit of {limit} bytes")
         return self.read(n).decode("utf-8", errors="replace")
+
+    def strings(self, count: int, what: str) -> list[bytes]:
+        """Read ``count`` length-prefixed strings (the hot loop for a vocabulary's token texts)."""
+        size = self.size
+        unpack_from = _U64.unpack_from
+        out = []
+        buf, start = self.buf, self.buf_start
+        off = self.pos - start
+        for _ in range(count):
+            if off < 0 or off + 8 > len(buf):
+                self.pos = start + off
+                off = self._fill(8)
+                buf, start = self.buf, self.buf_start
+            n = unpack_from(buf, off)[0]
+            if n > size:
+                self.pos = start + off
+                self.string_length(what)  # raises with the offset
+            if off + 8 + n > len(buf):
+                self.pos = start + off + 8
+                out.append(self.read(n))
+                buf, start = self.buf, self.buf_start
+                off = self.pos - start
+                continue
+            out.append(buf[off + 8 : off + 8 + n])
+            off += 8 + n
+        self.pos = start + off
+        return out
 
     def skip_strings(self, count: int, what: str) -> None:
         """Skip ``count`` length-prefixed strings (the hot loop for tokenizer vocabularies)."""
@@ -322,6 +353,9 @@ def _read_value(r: _Reader, key: str, vtype: int, keep: bool) -> object:
         if keep and etype in _INT_TYPES and count <= 4096:
             st = _SCALARS[etype][1]
             return [r.unpack(st)[0] for _ in range(count)]
+        if etype == _T_STRING and key == TOKENS_KEY:
+            r.vocab = _check_vocabulary(r, r.strings(count, f"array '{key}'"))
+            return None
         if etype == _T_STRING:
             r.skip_strings(count, f"array '{key}'")
         else:
@@ -330,9 +364,40 @@ def _read_value(r: _Reader, key: str, vtype: int, keep: bool) -> object:
     raise r.error(f"key '{key}' has unknown value type {vtype}")
 
 
+def _check_vocabulary(r: _Reader, tokens: list[bytes]) -> set[bytes]:
+    """llama.cpp aborts (GGML_ASSERT in llama_vocab::load) when two tokens have the same text; it reads
+    each token as a C string (up to its first NUL) and names an empty one ``[EMPTY_<id>]``. Returns
+    the set of token texts."""
+    seen: dict[bytes, int] = {}
+    for i, raw in enumerate(tokens):
+        word = raw.split(b"\0", 1)[0] or f"[EMPTY_{i}]".encode()
+        j = seen.setdefault(word, i)
+        if j != i:
+            raise r.error(
+                f"tokens {j} and {i} of {TOKENS_KEY} are the same text {word[:40]!r}: corrupt vocabulary "
+                "(llama.cpp would abort)"
+            )
+    return set(seen)
+
+
+def _check_byte_tokens(r: _Reader, kv: dict[str, tuple[int, object]]) -> None:
+    """A SentencePiece vocabulary must hold a token for every byte (``<0xXX>``, or the byte itself):
+    llama.cpp falls back to them for text outside the vocabulary and aborts (std::out_of_range, an
+    uncaught exception) when one is missing."""
+    model = kv.get("tokenizer.ggml.model", (None, None))[1]
+    if model not in ("llama", "t5") or r.vocab is None:
+        return
+    missing = [b for b in range(256) if f"<0x{b:02X}>".encode() not in r.vocab and (b == 0 or bytes([b]) not in r.vocab)]
+    if missing:
+        raise r.error(
+            f"the SentencePiece vocabulary lacks the byte token <0x{missing[0]:02X}> "
+            f"({len(missing)} of 256 missing): corrupt vocabulary (llama.cpp would abort on some text)"
+        )
+
+
 def _wanted(key: str) -> bool:
     """Keys whose values we keep (all others are skipped without decoding)."""
-    return key.startswith(("general.", "split.")) or key.endswith(
+    return key.startswith(("general.", "split.")) or key == "tokenizer.ggml.model" or key.endswith(
         (
             ".context_length",
             ".block_count",
@@ -340,6 +405,9 @@ def _wanted(key: str) -> bool:
             ".head_count",
             ".head_count_kv",
             ".key_length",
+            ".expert_count",
+            ".expert_used_count",
+            ".nextn_predict_layers",
         )
     )
 
@@ -440,6 +508,7 @@ def _parse_open(r: _Reader) -> tuple[GGUFInfo, dict[str, tuple[int, object]]]:
         type_id = r.u32()
         offset = r.u64()
         raw.append((name, shape, type_id, offset))
+    _check_byte_tokens(r, kv)
     header_end = r.pos
     data_offset = header_end
     if n_tensors:
@@ -520,6 +589,21 @@ def _get_int(
     raise r.error(f"key '{key}' has type {_type_name(vtype)}, expected an integer")
 
 
+def _check_hparams(r: _Reader, kv: dict[str, tuple[int, object]], arch: str, n_layer: Optional[int]) -> None:
+    """Hyperparameters that llama.cpp checks with GGML_ASSERT (an abort, not an error) in load_hparams."""
+    if n_layer is not None and not 0 < n_layer <= MAX_LAYERS:
+        raise r.error(f"{arch}.block_count is {n_layer}: llama.cpp supports 1 to {MAX_LAYERS} layers (corrupt header?)")
+    nextn = _get_int(r, kv, f"{arch}.nextn_predict_layers")
+    if nextn is not None and n_layer is not None and nextn > n_layer:
+        raise r.error(f"{arch}.nextn_predict_layers is {nextn}, more than the {n_layer} layers")
+    n_expert = _get_int(r, kv, f"{arch}.expert_count")
+    if n_expert is not None and n_expert > MAX_EXPERTS:
+        raise r.error(f"{arch}.expert_count is {n_expert}: llama.cpp supports at most {MAX_EXPERTS} experts")
+    n_used = _get_int(r, kv, f"{arch}.expert_used_count", allow_array=True)
+    if n_used is not None and n_used > (n_expert or 0):
+        raise r.error(f"{arch}.expert_used_count is {n_used}, more than the {n_expert or 0} experts")
+
+
 def _model_info(r: _Reader, kv: dict[str, tuple[int, object]], **fields: object) -> GGUFInfo:
     arch: Optional[str] = None
     if "general.architecture" in kv:
@@ -536,6 +620,7 @@ def _model_info(r: _Reader, kv: dict[str, tuple[int, object]], **fields: object)
         n_head = _get_int(r, kv, f"{arch}.attention.head_count", allow_array=True)
         n_head_kv = _get_int(r, kv, f"{arch}.attention.head_count_kv", allow_array=True)
         key_length = _get_int(r, kv, f"{arch}.attention.key_length")
+        _check_hparams(r, kv, arch, n_layer)
     if n_head_kv is None:
         n_head_kv = n_head
     head_dim = key_length

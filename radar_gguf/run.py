@@ -202,14 +202,7 @@ def chat_tokens(model, messages) -> tuple[list[int], list[str]]:
     For front ends that need the prompt's length first (fit checks, usage counts, chunked prefill):
     ``model.stream_generate(tokens, stop=stops, ...)`` then generates exactly what ``stream_chat`` would.
     """
-    from . import _lib
-
-    prompt, stops = model.format_chat(messages)
-    llama = model.llama
-    bos = llama.token_bos()
-    bos_in_template = bos >= 0 and prompt.startswith(llama._model.token_get_text(bos))
-    wants_bos = bool(_lib.bindings().llama_vocab_get_add_bos(llama._model.vocab))
-    return model.tokenize(prompt, add_bos=wants_bos and not bos_in_template), stops
+    return model.chat_tokens(messages)
 
 
 # -- conversation files (/save, /load) -----------------------------------------------------------
@@ -469,28 +462,55 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
             else:
                 print(f"unknown command {cmd}; /help lists them")
             continue
-        history.append({"role": "user", "content": line})
-        reply = []
-        last = None
-        try:
-            for r in model.stream_chat(
-                history, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p
-            ):
-                out.write(r.text)
-                out.flush()
-                reply.append(r.text)
-                last = r
-        except KeyboardInterrupt:
-            out.write(" [stopped]")
-        except ValueError as e:  # e.g. the conversation outgrew the context
-            history.pop()
-            print(f"\nerror: {e}\n(/reset starts over)")
-            continue
-        out.write("\n")
+        history, last = chat_turn(
+            model, history, line, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p, out=out
+        )
         if interactive and last is not None:
             out.write(f"{dim[0]}{_status_line(last, model.ctx)}{dim[1]}\n")
         out.flush()
-        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def chat_turn(
+    model,
+    history: list,
+    line: str,
+    *,
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    keep: float = 0.5,
+    out=sys.stdout,
+) -> tuple:
+    """One REPL turn: the user's ``line``, the streamed reply; returns (the new history, last response).
+
+    Context shift: when the conversation and ``max_tokens`` (at most a quarter of the context) no
+    longer fit, the oldest turns are dropped until it fills at most ``keep`` of the context
+    (``Model.fit_chat``: the system prompt stays) and a note says so. Ctrl-C stops the reply and keeps what was said so far; Ctrl-C before the reply began
+    (during prefill) forgets the turn. A turn that cannot fit leaves the history as it was.
+    """
+    reply: list = []
+    last = None
+    try:
+        messages, dropped = model.fit_chat(
+            history + [{"role": "user", "content": line}], reserve=min(max_tokens, model.ctx // 4), keep=keep
+        )
+        if dropped:
+            out.write(f"(context full: dropped the {dropped} oldest messages; the system prompt is kept)\n")
+        for r in model.stream_chat(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p):
+            out.write(r.text)
+            out.flush()
+            reply.append(r.text)
+            last = r
+    except KeyboardInterrupt:
+        out.write(" [stopped]")
+        if last is None:  # stopped before the reply began: the turn is forgotten
+            out.write("\n")
+            return history, None
+    except ValueError as e:  # the system prompt and this message alone do not fit
+        out.write(f"error: {e}\n")
+        return history, None
+    out.write("\n")
+    return messages + [{"role": "assistant", "content": "".join(reply)}], last
 
 
 def _read_line(stdin) -> Optional[str]:

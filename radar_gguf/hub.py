@@ -25,6 +25,7 @@ without any network request; in that mode only the GGUF files already in the cac
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -155,6 +156,7 @@ _HF_URL_RE = re.compile(
 )
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<idx>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _QUANT_LABEL_RE = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d+(?:_[A-Za-z0-9]+)*|TQ\d_\d|B?F16|F32|MXFP4(?:_MOE)?))(?![A-Za-z0-9])",
     re.IGNORECASE,
@@ -581,6 +583,37 @@ def _storage_folder(hf: Any, repo_id: str, cache_dir: _PathLike) -> Path:
     return root / ("models--" + repo_id.replace("/", "--"))
 
 
+def _verify_download(path: Path, name: str, where: str) -> None:
+    """Check a freshly downloaded LFS file against the sha256 the hub announced for it.
+
+    huggingface_hub names the cache blob after the file's ETag, which for LFS files is the sha256 of
+    their content (``X-Linked-Etag``), and checks the size but not the content. A mismatch (a mirror or
+    redirect target serving other bytes, a proxy rewriting them, a disk error) removes the file from
+    the cache and raises DownloadError. Files whose blob is not named by a sha256 (git-stored files,
+    a cache without symlinks) are left as they are.
+    """
+    if not path.is_symlink():
+        return
+    blob = path.resolve()
+    if not _SHA256_RE.match(blob.name):
+        return
+    h = hashlib.sha256()
+    with open(blob, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() == blob.name:
+        return
+    for p in (path, blob):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    raise DownloadError(
+        f"Downloading {name} from {where}: the bytes received do not match the sha256 the hub announced "
+        f"({blob.name[:16]}..., received {h.hexdigest()[:16]}...); the file was removed from the cache.\n"
+        "Fix: run the same command again; if it repeats, something between you and the hub (a proxy or "
+        "mirror, HF_ENDPOINT) alters the file."
+    )
+
+
 def _cached_snapshot(hf: Any, repo_id: str, revision: str, cache_dir: _PathLike) -> Optional[Path]:
     """The cached snapshot directory for ``revision`` (branch/tag via ``refs/``, or a commit), if any."""
     storage = _storage_folder(hf, repo_id, cache_dir)
@@ -823,8 +856,10 @@ def _resolve_hub(parsed: HubSpec, *, progress: bool, cache_dir: _PathLike) -> li
 
     # 3. download every file at the same commit => the same snapshots/<commit>/ directory
     paths = []
+    snapshot_dir = _storage_folder(hf, parsed.repo_id, cache_dir) / "snapshots" / str(commit)
     with _progress_bars(progress):
         for name in model.files:
+            fresh = not (snapshot_dir / name).exists()  # a file already in the cache was checked when it came
             try:
                 local = hf.hf_hub_download(
                     parsed.repo_id, filename=name, revision=commit, cache_dir=cache_dir
@@ -847,6 +882,8 @@ def _resolve_hub(parsed: HubSpec, *, progress: bool, cache_dir: _PathLike) -> li
                         "your network connection and free disk space."
                     ) from e
                 raise
+            if fresh:
+                _verify_download(Path(local), name, f"{parsed.repo_id} ({endpoint})")
             paths.append(Path(local))
 
     if len({p.parent for p in paths}) > 1:  # pragma: no cover - guaranteed by downloading at one commit

@@ -21,7 +21,8 @@ exceptions: ``RepoNotFound`` (404 unknown repo, 401 private repo without a valid
 ``EntryNotFound`` (404, with ``X-Repo-Commit``), ``GatedRepo`` (401 on file downloads of a gated repo).
 
 Fault injection / observation: :meth:`FakeHub.cut_next_download` makes the next download of a file stop after
-N bytes (connection closed, once) to exercise resume; :attr:`FakeHub.requests` logs every request on both
+N bytes (connection closed, once) to exercise resume; :meth:`FakeHub.serve_instead` makes the CDN serve other
+bytes than the hub announces (size and sha256); :attr:`FakeHub.requests` logs every request on both
 servers (method, path, headers, status), e.g. to prove that offline mode makes none.
 
 Run ``python tests/hub_server.py`` to serve a small demo repo by hand.
@@ -115,6 +116,7 @@ class FakeHub:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._cuts: list[_Cut] = []
+        self.served: dict = {}  # (repo_id, filename) -> bytes the CDN serves instead of the real file
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self.url = ""
@@ -165,6 +167,11 @@ class FakeHub:
         the connection (once). Content-Length announces the full size, so the client sees a truncated body."""
         with self._lock:
             self._cuts.append(_Cut(filename, after))
+
+    def serve_instead(self, repo_id: str, filename: str, data: bytes) -> None:
+        """Make the CDN serve ``data`` for that file while the hub keeps announcing the real file's
+        sha256 and size (a tampered mirror, a redirect to another host, a proxy that rewrites)."""
+        self.served[(repo_id, filename)] = data
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -384,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
         filename = unquote("/".join(segments[4:]))
         if repo is None or segments[3] != repo.sha or filename not in repo.files:
             return self._error(404, None, "NoSuchKey", head=head)
-        data = repo.files[filename]
+        data = self.hub.served.get((repo.repo_id, filename), repo.files[filename])
         self._serve_bytes(filename, data, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"'}, head)
 
     def _serve_bytes(self, filename: str, data: bytes, headers: dict, head: bool) -> None:

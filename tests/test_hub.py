@@ -586,3 +586,50 @@ def test_error_hierarchy():
             assert issubclass(obj, rhub.HubError)
     assert issubclass(rhub.GatedRepoError, rhub.RepoNotFoundError)
     assert issubclass(rhub.LocalModelNotFoundError, FileNotFoundError)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# downloads that go wrong: the cache must not keep what the hub did not announce
+
+
+def _cache_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+@pytest.mark.parametrize(
+    "served, why",
+    [
+        (lambda real: real[:-1000], "shorter"),  # a file of unexpected size
+        (lambda real: real + b"\0" * 1000, "longer"),
+        (lambda real: real[:100] + b"X" + real[101:], "same size, other bytes"),  # a tampered mirror
+    ],
+    ids=["short", "long", "tampered"],
+)
+def test_download_that_does_not_match_the_hub_is_refused_and_removed(monkeypatch, tmp_path, served, why):
+    payload = b"GGUF" + random.Random(7).randbytes(300_000)
+    with FakeHub({"acme/tamper-GGUF": {"m-Q4_K_M.gguf": payload}}) as hub:
+        hf_env = _isolated_hf_env(monkeypatch, tmp_path, hub.url)
+        hub.serve_instead("acme/tamper-GGUF", "m-Q4_K_M.gguf", served(payload))
+        res = resolve_one("acme/tamper-GGUF:Q4_K_M")
+        assert res.is_error("DownloadError"), (why, res)
+        assert "m-Q4_K_M.gguf" in res.message
+        # nothing that could be mistaken for the model stays in the cache
+        left = [p for p in _cache_files(hf_env.home) if "m-Q4_K_M" in p.name or "/blobs/" in str(p)]
+        assert all(p.name.endswith(".incomplete") is False for p in left), left
+        assert not [p for p in left if p.exists() and p.stat().st_size >= 1000], left
+        # the next run, with the mirror fixed, downloads the real file
+        hub.served.clear()
+        res = resolve_one("acme/tamper-GGUF:Q4_K_M")
+        assert res.ok, res.message
+        assert Path(res.paths[0]).read_bytes() == payload
+
+
+def test_cut_transfer_then_resume_leaves_exact_bytes_and_no_partial_file(monkeypatch, tmp_path):
+    payload = b"GGUF" + random.Random(3).randbytes(10 * 1024 * 1024 + 5000)
+    with FakeHub({"acme/cut-GGUF": {"c-Q8_0.gguf": payload}}) as hub:
+        hf_env = _isolated_hf_env(monkeypatch, tmp_path, hub.url)
+        hub.cut_next_download(10 * 1024 * 1024 + 10, "c-Q8_0.gguf")
+        res = resolve_one("acme/cut-GGUF:Q8_0")
+        assert res.ok, res.message
+        assert Path(res.paths[0]).read_bytes() == payload
+        assert not [p for p in _cache_files(hf_env.home) if p.name.endswith(".incomplete")]

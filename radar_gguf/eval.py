@@ -486,6 +486,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     )
     pp.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
     pp.add_argument(
+        "--no-dense",
+        action="store_true",
+        help="skip the dense reference run unless listed (no deltas; `eval sweep` takes the dense record of --out)",
+    )
+    pp.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -765,12 +770,16 @@ def sweep_records(
         r for r in ppl if r["context"] == context and r.get("n_scored") == n_score and r["metric"] == "ppl"
     ]
     dense = {r["command"]: r["value"] for r in rows if r["mode"] == "dense"}
+    # a records file holds one dense run per (model, context, M, offset): configs of another command are
+    # compared with it (the run is deterministic for a given build and thread count; flagged in the record)
+    dense_any = {(r["model"], r.get("offset", 0)): r["value"] for r in rows if r["mode"] == "dense"}
     sel = {(r["mode"], r["metric"]): r for r in selection if r["context"] == context}
     n_kv = context + n_score // 2  # the middle of the scored window
     d_bytes = kv_bytes_per_step(None, n_kv=n_kv, **shape)
     out = []
     for r in rows:
-        if r["command"] not in dense:
+        d_ppl = dense.get(r["command"], dense_any.get((r["model"], r.get("offset", 0))))
+        if d_ppl is None:
             continue
         cfg = parse_config(r["mode"])
         union = sel.get((r["mode"], "attended_union"))
@@ -784,15 +793,17 @@ def sweep_records(
             "context": context,
             "metric": "ppl_delta_vs_bytes",
             "mode": r["mode"],
-            "value": round(100.0 * (r["value"] / dense[r["command"]] - 1.0), 3) if cfg.enabled else 0.0,
+            "value": round(100.0 * (r["value"] / d_ppl - 1.0), 3) if cfg.enabled else 0.0,
             "ppl": r["value"],
-            "dense_ppl": dense[r["command"]],
+            "delta_se_pct": r.get("delta_se_pct"),
+            "dense_ppl": d_ppl,
+            "dense_same_command": r["command"] in dense,
             "n_scored": n_score,
             "bytes_per_step": int(total),
             "bytes_kv": int(meas["kv"]),
             "bytes_summaries": int(meas["summaries"]),
             "bytes_bound": int(bound["kv"] + bound["summaries"]),
-            "bytes_measured": union is not None,
+            "bytes_measured": union is not None or not cfg.enabled,
             "bytes_vs_dense": round(total / d_bytes["kv"], 4),
             "cells_per_kv_head": round(meas["cells_per_kv_head"], 1),
             "params": r["params"],
@@ -872,7 +883,7 @@ def main_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if not recs:
         parser.error(f"no ppl records at {args.context} with M = {args.n_score}")
     recs.sort(key=lambda r: r["bytes_per_step"])
-    cols = ("hit@1", "hit@3", "mass_searched")
+    cols = ("hit@1", "hit@3", "mass", "mass_searched")
     print(
         "| config | ppl | vs dense | MB read / step | vs dense | cells / KV head | " + " | ".join(cols) + " |"
     )
@@ -920,7 +931,7 @@ def main(argv: Optional[list] = None) -> int:
 
     if args.task == "ppl":
         contexts = _sizes(args.contexts, parser, "--contexts")
-        if "dense" not in specs:
+        if "dense" not in specs and not args.no_dense:
             specs.insert(0, "dense")
         n_ctx = contexts[-1] + args.n_score + 16
         records: list[dict] = []

@@ -158,7 +158,7 @@ def test_sweep_records_join_ppl_bytes_and_selection():
             "params": {"enabled": True, "score": "meanvar"},
             "command": "c1",
         },
-        # no dense of its command: skipped; other M: skipped
+        # another command: compared with the file's dense run (flagged); another M: not joined
         {
             "model": "m",
             "context": 16384,
@@ -185,7 +185,9 @@ def test_sweep_records_join_ppl_bytes_and_selection():
         {"context": 16384, "mode": "meanvar", "metric": "hit@1", "value": 0.4},
     ]
     recs = {r["mode"]: r for r in sweep_records(ppl, sel, shape, 16384, 256)}
-    assert set(recs) == {"dense", "meanvar", "meanvar:shared_gqa=true"}
+    assert set(recs) == {"dense", "meanvar", "meanvar:shared_gqa=true", "mean"}
+    assert recs["mean"]["value"] == pytest.approx(-10.0) and not recs["mean"]["dense_same_command"]
+    assert recs["meanvar"]["dense_same_command"]
     mv, sh, de = recs["meanvar"], recs["meanvar:shared_gqa=true"], recs["dense"]
     assert mv["value"] == pytest.approx(5.0) and sh["value"] == pytest.approx(10.0) and de["value"] == 0.0
     n_kv = 16384 + 128

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 SCORES = ("rf", "mean", "meanvar", "minmax", "oracle")  # index = enum llama_radar_score
+# dense_below=-1: the library's thresholds (LLAMA_RADAR_DENSE_BELOW_CPU/_GPU in llama.h)
+DENSE_BELOW_CPU = 4096
+DENSE_BELOW_GPU = 16384
 
 
 @dataclass
@@ -23,7 +26,9 @@ class RadarConfig:
         n_recent: trailing tokens always attended (rounded up to whole segments).
         aspect: segment length is ``max(seg_len_min, sqrt(t) / aspect)`` for t cached tokens.
         seg_len_min: smallest segment length.
-        dense_below: decode stays dense (exact) while the context holds fewer tokens.
+        dense_below: decode stays dense (exact) while the context holds fewer tokens; -1 (default)
+            picks it by where the KV cache lives: 4096 on the CPU, 16384 on a GPU (measured
+            crossovers, docs/performance.md). ``Model.radar`` reports the value chosen.
         seed: random-feature seed.
         shared_gqa: one selection per KV head (shared by its query heads) instead of per query head.
     """
@@ -37,7 +42,7 @@ class RadarConfig:
     n_recent: int = 32
     aspect: float = 2.0
     seg_len_min: int = 16
-    dense_below: int = 4096
+    dense_below: int = -1
     seed: int = 1234
     shared_gqa: bool = False
 
@@ -56,7 +61,7 @@ class RadarConfig:
             ("n_sink", 0, 1 << 24),
             ("n_recent", 0, 1 << 28),
             ("seg_len_min", 1, 65536),
-            ("dense_below", 0, 1 << 31 - 1),
+            ("dense_below", -1, 1 << 31 - 1),
             ("seed", 0, (1 << 32) - 1),
         ):
             v = getattr(self, name)
@@ -83,12 +88,17 @@ class RadarConfig:
         d.update(changes)
         return RadarConfig(**d)  # type: ignore[arg-type]
 
+    def dense_below_text(self) -> str:
+        if self.dense_below >= 0:
+            return str(self.dense_below)
+        return f"{DENSE_BELOW_CPU} (CPU) / {DENSE_BELOW_GPU} (GPU)"
+
     def describe(self) -> str:
         if not self.enabled:
             return "radar off (dense attention)"
         sel = f"top-{self.top_k} segments" if self.top_k else f"{self.token_budget}-token budget"
         return (
-            f"radar on above {self.dense_below} tokens: {self.score} score, {sel}, "
+            f"radar on above {self.dense_below_text()} tokens: {self.score} score, {sel}, "
             f"{self.n_sink} sink + {self.n_recent} recent, aspect {self.aspect:g}"
             + (", GQA-shared" if self.shared_gqa else "")
         )

@@ -136,7 +136,7 @@ case "${1:-}" in
         for mode in dense radar; do
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
             LLAMA_RADAR=$env_radar "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
-                -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)" --launch-count 400 \
+                -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf|summarize)" --launch-count 400 \
                 "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 8 -d "$depth" -r 1 > "/tmp/ncu-$mode.csv" 2> /tmp/ncu-$mode.log \
                 || { tail -5 /tmp/ncu-$mode.log; }
             python3 scripts/ncu_summary.py "/tmp/ncu-$mode.csv" | tee "$out/profile-$shape-$depth-$mode.txt"

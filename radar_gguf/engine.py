@@ -217,6 +217,19 @@ def estimate_memory(
     )
 
 
+def _surely_fits(info: Any, ctx: int, gpu_layers: int) -> bool:
+    """A cheap bound from the GGUF header, to skip llama.cpp's exact estimate (which costs about as much
+    as loading the model's metadata again) when memory is plentiful: CPU only, and the file plus twice
+    an f16 KV cache of every layer plus 1 GiB of compute take at most half the available memory."""
+    if gpu_layers != 0 or not (info.n_layer and info.n_head_kv and info.head_dim):
+        return False
+    avail = host_available_memory()
+    if avail is None:
+        return False
+    kv = 2 * info.n_layer * info.n_head_kv * info.head_dim * ctx * 2  # K and V, f16
+    return info.file_size + 2 * kv + (1 << 30) <= avail // 2
+
+
 class Model:
     """A loaded model with its context. Use :func:`load` to make one; close it (or use ``with``)."""
 
@@ -253,7 +266,11 @@ class Model:
         self._lock = threading.Lock()
         self._owner: Optional[int] = None
         self.memory: Optional[MemoryEstimate] = None
-        if fit_check and os.environ.get(NO_FIT_CHECK_ENV, "") in ("", "0"):
+        if (
+            fit_check
+            and os.environ.get(NO_FIT_CHECK_ENV, "") in ("", "0")
+            and not _surely_fits(self.info, ctx, gpu_layers)
+        ):
             self.memory = estimate_memory(
                 self.path,
                 ctx=ctx,
@@ -669,6 +686,8 @@ def load(
         flash_attn: flash attention (Radar needs it; off only for dense-only comparisons).
         fit_check: refuse (ContextTooLargeError) a context that would not fit in host or GPU memory,
             measured by llama.cpp before anything is allocated (``RADAR_GGUF_NO_FIT_CHECK=1`` also skips it).
+            The measurement (``Model.memory``) runs unless a bound from the file's header shows the
+            model and context take at most half the available memory (CPU only).
         llama_kwargs: passed on to ``llama_cpp.Llama`` (e.g. ``type_k``, ``type_v``).
     """
     path = resolve_model_path(model)

@@ -63,10 +63,12 @@ def test_ctx_that_does_not_fit_is_refused_before_allocation(model_path):
 def test_estimate_is_what_llama_cpp_allocates(model_path):
     """The no_alloc estimate equals llama.cpp's accounting of the real context: KV cache and compute
     buffers exactly, weights within 10% (the real load memory-maps the file)."""
+    est = engine.estimate_memory(model_path, ctx=4096)
     with radar_gguf.load(model_path, ctx=4096, radar=RadarConfig(enabled=False)) as m:
-        est = m.memory
+        # 4k of a 0.5B model: where the header's bound shows it fits, llama.cpp's estimate is skipped
+        assert (m.memory is None) == engine._surely_fits(m.info, 4096, 0)
         real = _lib.memory_totals(m.llama.ctx)
-    assert est is not None and est.ctx == 4096
+    assert est.ctx == 4096
     if _lib.device_memory() is None:  # CPU build: device-side buffers count as host memory
         real = (real[0] + real[3], real[1] + real[4], real[2] + real[5], 0, 0, 0)
     assert (est.host_context, est.host_compute) == real[1:3]
@@ -80,6 +82,10 @@ def test_fit_check_uses_available_memory(model_path, monkeypatch):
     monkeypatch.setattr(engine, "host_available_memory", lambda: 600 << 20)
     with pytest.raises(engine.ContextTooLargeError, match=r"needs 0\.\d\d GiB .* but 0\.59 GiB is available"):
         radar_gguf.load(model_path, ctx=4096)
+    monkeypatch.setattr(engine, "host_available_memory", lambda: 5 << 29)  # 2.5 GiB
+    with radar_gguf.load(model_path, ctx=4096) as m:  # the header bound is not enough: measured, fits
+        assert m.memory is not None and m.memory.problem() is None
+        assert 0.5 < m.memory.host_need / (1 << 30) < 1.0
     with radar_gguf.load(model_path, ctx=512, fit_check=False) as m:  # the caller knows better
         assert m.memory is None and m.generate("Hi", max_tokens=1) is not None
     monkeypatch.setenv(engine.NO_FIT_CHECK_ENV, "1")

@@ -48,7 +48,7 @@ case "${1:-}" in
             -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
             -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
             -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$out/configure.log" 2>&1
-        time cmake --build "$bld" --target test-backend-ops llama-bench llama-quantize -j "$(nproc)" > "$out/build.log" 2>&1 \
+        time cmake --build "$bld" --target ${BUILD_TARGETS:-test-backend-ops llama-bench llama-quantize} -j "$(nproc)" > "$out/build.log" 2>&1 \
             || { tail -40 "$out/build.log"; exit 1; }
         ;;
     test)
@@ -92,11 +92,13 @@ case "${1:-}" in
             LLAMA_RADAR=$3 python3 scripts/radar_logits.py run "$q" --ngl "$2" --depth "$depth" --steps 32 \
                 --threads "$(nproc)" --out "/tmp/e2e-$1.npy" 2> "/tmp/e2e-$1.log" || { tail -20 "/tmp/e2e-$1.log"; exit 1; }
         }
+        # one threshold on both devices (the default differs: 4096 on the CPU, 16384 on a GPU)
+        spec=${RADAR_SPEC:-dense_below=4096}
         run cpu-dense 0 0
-        run cpu-radar 0 1
+        run cpu-radar 0 "$spec"
         run cuda-dense 99 0
-        run cuda-radar 99 1
-        run cuda-radar-all 99 top_k=1000000
+        run cuda-radar 99 "$spec"
+        run cuda-radar-all 99 "$spec,top_k=1000000"
         cmp() { python3 scripts/radar_logits.py compare "/tmp/e2e-$1.npy" "/tmp/e2e-$2.npy" --envelope "/tmp/e2e-$3.npy" "/tmp/e2e-$4.npy"; }
         {
             cmp cpu-radar cuda-radar cpu-dense cuda-dense
@@ -111,15 +113,15 @@ case "${1:-}" in
         q=$(model "$shape")
         export PYTHONPATH=$bindings LLAMA_CPP_LIB_PATH=$bld/bin
         preload_libstdcxx
-        for spec in 0 1; do
+        for spec in 0 "${RADAR_SPEC:-dense_below=4096}"; do
             CUDA_VISIBLE_DEVICES=0 LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode none \
-                --depth "$depth" --steps 32 --out "/tmp/mg1-$spec.npy" 2> /tmp/mg1-$spec.log
+                --depth "$depth" --steps 32 --out "/tmp/mg1-${spec:0:1}.npy" 2> "/tmp/mg1-${spec:0:1}.log"
             LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode layer \
-                --depth "$depth" --steps 32 --out "/tmp/mg2-$spec.npy" 2> /tmp/mg2-$spec.log
+                --depth "$depth" --steps 32 --out "/tmp/mg2-${spec:0:1}.npy" 2> "/tmp/mg2-${spec:0:1}.log"
         done
-        grep -h "assigned to device\|Radar buffer size" /tmp/mg2-1.log | sort | uniq -c | head -20
+        { grep -o "assigned to device CUDA[0-9]*" /tmp/mg2-d.log | sort | uniq -c; grep -h "Radar buffer size\|Radar on" /tmp/mg2-d.log; }
         {
-            python3 scripts/radar_logits.py compare /tmp/mg1-1.npy /tmp/mg2-1.npy --envelope /tmp/mg1-0.npy /tmp/mg2-0.npy
+            python3 scripts/radar_logits.py compare /tmp/mg1-d.npy /tmp/mg2-d.npy --envelope /tmp/mg1-0.npy /tmp/mg2-0.npy
         } | tee "$out/multigpu-$shape-$depth.jsonl"
         for mode in dense radar; do
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
@@ -136,7 +138,7 @@ case "${1:-}" in
         for mode in dense radar; do
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
             LLAMA_RADAR=$env_radar "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
-                -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf|summarize)" --launch-count 400 \
+                -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)" --launch-count 400 \
                 "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 8 -d "$depth" -r 1 > "/tmp/ncu-$mode.csv" 2> /tmp/ncu-$mode.log \
                 || { tail -5 /tmp/ncu-$mode.log; }
             python3 scripts/ncu_summary.py "/tmp/ncu-$mode.csv" | tee "$out/profile-$shape-$depth-$mode.txt"

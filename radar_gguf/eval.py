@@ -760,29 +760,41 @@ SWEEP_HITS = ("hit@1", "hit@3", "mass", "mass_searched", "attended_union")
 def sweep_records(
     ppl: Sequence[dict], selection: Sequence[dict], shape: dict, context: int, n_score: int
 ) -> list[dict]:
-    """One record per Radar config with a ppl record at ``context``/``n_score``: delta ppl vs the dense run of
-    the same file and command, attention bytes read per decode step (``selection.kv_bytes_per_step``; the
-    measured per-KV-head union of attended cells where a selection record of the same spec exists), and
-    the selection metrics of that spec."""
+    """One record per config with a ppl record at ``context``/``n_score`` (the first record of a mode wins):
+    delta ppl vs dense (the record's own ``delta_pct``, measured against the dense run of its command; else
+    against the dense record of the same model and offset, flagged ``dense_same_command: false``), attention
+    bytes read per decode step (``selection.kv_bytes_per_step``; the measured per-KV-head union of attended
+    cells where a selection record of the same spec exists), and the selection metrics of that spec."""
     from .selection import kv_bytes_per_step
 
-    rows = [
-        r for r in ppl if r["context"] == context and r.get("n_scored") == n_score and r["metric"] == "ppl"
-    ]
-    dense = {r["command"]: r["value"] for r in rows if r["mode"] == "dense"}
-    # a records file holds one dense run per (model, context, M, offset): configs of another command are
-    # compared with it (the run is deterministic for a given build and thread count; flagged in the record)
+    rows, seen = [], set()
+    for r in ppl:
+        if (
+            r["context"] == context
+            and r.get("n_scored") == n_score
+            and r["metric"] == "ppl"
+            and r["mode"] not in seen
+        ):
+            seen.add(r["mode"])
+            rows.append(r)
     dense_any = {(r["model"], r.get("offset", 0)): r["value"] for r in rows if r["mode"] == "dense"}
     sel = {(r["mode"], r["metric"]): r for r in selection if r["context"] == context}
     n_kv = context + n_score // 2  # the middle of the scored window
     d_bytes = kv_bytes_per_step(None, n_kv=n_kv, **shape)
     out = []
     for r in rows:
-        d_ppl = dense.get(r["command"], dense_any.get((r["model"], r.get("offset", 0))))
+        own = r.get("delta_pct") is not None
+        d_ppl = (
+            r["value"] / (1.0 + r["delta_pct"] / 100.0)
+            if own
+            else dense_any.get((r["model"], r.get("offset", 0)))
+        )
         if d_ppl is None:
             continue
         cfg = parse_config(r["mode"])
-        union = sel.get((r["mode"], "attended_union"))
+        # the library's ORACLE score is the selection method "oracle-op" ("oracle" there is the upper bound)
+        sel_mode = "oracle-op" + r["mode"][len("oracle") :] if r["mode"].startswith("oracle") else r["mode"]
+        union = sel.get((sel_mode, "attended_union"))
         bound = kv_bytes_per_step(cfg, n_kv=n_kv, **shape)
         meas = kv_bytes_per_step(
             cfg, n_kv=n_kv, union_cells_per_kv_head=union["value"] if union else None, **shape
@@ -796,8 +808,8 @@ def sweep_records(
             "value": round(100.0 * (r["value"] / d_ppl - 1.0), 3) if cfg.enabled else 0.0,
             "ppl": r["value"],
             "delta_se_pct": r.get("delta_se_pct"),
-            "dense_ppl": d_ppl,
-            "dense_same_command": r["command"] in dense,
+            "dense_ppl": round(d_ppl, 4),
+            "dense_same_command": own or r["mode"] == "dense",
             "n_scored": n_score,
             "bytes_per_step": int(total),
             "bytes_kv": int(meas["kv"]),
@@ -810,8 +822,8 @@ def sweep_records(
             "command": r["command"],
         }
         for met in SWEEP_HITS:
-            if (r["mode"], met) in sel:
-                rec[met] = sel[(r["mode"], met)]["value"]
+            if (sel_mode, met) in sel:
+                rec[met] = sel[(sel_mode, met)]["value"]
         out.append(rec)
     return out
 

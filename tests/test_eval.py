@@ -127,69 +127,43 @@ def test_config_specs(tmp_path):
 
 def test_sweep_records_join_ppl_bytes_and_selection():
     shape = {"n_layer": 24, "n_head": 14, "n_head_kv": 2, "head_dim": 64}
+
+    def rec(mode, value, command="c1", n_scored=256, delta=None):
+        return {
+            "model": "m",
+            "context": 16384,
+            "n_scored": n_scored,
+            "metric": "ppl",
+            "mode": mode,
+            "value": value,
+            "delta_pct": delta,
+            "params": {},
+            "command": command,
+        }
+
     ppl = [
-        {
-            "model": "m",
-            "context": 16384,
-            "n_scored": 256,
-            "metric": "ppl",
-            "mode": "dense",
-            "value": 10.0,
-            "params": {"enabled": False},
-            "command": "c1",
-        },
-        {
-            "model": "m",
-            "context": 16384,
-            "n_scored": 256,
-            "metric": "ppl",
-            "mode": "meanvar",
-            "value": 10.5,
-            "params": {"enabled": True, "score": "meanvar"},
-            "command": "c1",
-        },
-        {
-            "model": "m",
-            "context": 16384,
-            "n_scored": 256,
-            "metric": "ppl",
-            "mode": "meanvar:shared_gqa=true",
-            "value": 11.0,
-            "params": {"enabled": True, "score": "meanvar"},
-            "command": "c1",
-        },
-        # another command: compared with the file's dense run (flagged); another M: not joined
-        {
-            "model": "m",
-            "context": 16384,
-            "n_scored": 256,
-            "metric": "ppl",
-            "mode": "mean",
-            "value": 9.0,
-            "params": {},
-            "command": "c2",
-        },
-        {
-            "model": "m",
-            "context": 16384,
-            "n_scored": 128,
-            "metric": "ppl",
-            "mode": "dense",
-            "value": 9.0,
-            "params": {},
-            "command": "c1",
-        },
+        rec("dense", 10.0, delta=0.0),
+        rec("meanvar", 10.5, delta=4.0),  # measured against its own run's dense (10.5 / 1.04)
+        rec("meanvar:shared_gqa=true", 11.0),  # no delta (--no-dense run): vs the file's dense, flagged
+        rec("mean", 9.0, command="c2"),
+        rec("meanvar", 99.0, command="c3", delta=1.0),  # a later duplicate of a mode: ignored
+        rec("dense", 9.0, n_scored=128),  # another M: not joined
+        rec("oracle", 10.2, delta=2.0),  # the library's ORACLE: selection method "oracle-op"
     ]
     sel = [
         {"context": 16384, "mode": "meanvar", "metric": "attended_union", "value": 2000.0},
         {"context": 16384, "mode": "meanvar", "metric": "hit@1", "value": 0.4},
+        {"context": 16384, "mode": "oracle", "metric": "hit@1", "value": 1.0},
+        {"context": 16384, "mode": "oracle-op", "metric": "hit@1", "value": 0.5},
     ]
     recs = {r["mode"]: r for r in sweep_records(ppl, sel, shape, 16384, 256)}
-    assert set(recs) == {"dense", "meanvar", "meanvar:shared_gqa=true", "mean"}
-    assert recs["mean"]["value"] == pytest.approx(-10.0) and not recs["mean"]["dense_same_command"]
-    assert recs["meanvar"]["dense_same_command"]
+    assert set(recs) == {"dense", "meanvar", "meanvar:shared_gqa=true", "mean", "oracle"}
+    assert recs["oracle"]["hit@1"] == 0.5
     mv, sh, de = recs["meanvar"], recs["meanvar:shared_gqa=true"], recs["dense"]
-    assert mv["value"] == pytest.approx(5.0) and sh["value"] == pytest.approx(10.0) and de["value"] == 0.0
+    assert mv["value"] == pytest.approx(4.0) and mv["dense_ppl"] == pytest.approx(10.5 / 1.04, abs=1e-4)
+    assert mv["dense_same_command"] and not sh["dense_same_command"]
+    assert sh["value"] == pytest.approx(10.0) and recs["mean"]["value"] == pytest.approx(-10.0)
+    assert de["value"] == 0.0
     n_kv = 16384 + 128
     assert de["bytes_per_step"] == 24 * 2 * n_kv * 128 * 2
     # measured union: 2000 cells per KV head; summaries: n_kv // 64 segments of 129 f32

@@ -21,6 +21,7 @@ import pytest
 
 import radar_gguf
 from radar_gguf import RadarConfig
+from radar_gguf.config import DENSE_BELOW_CPU
 from radar_gguf.corpus import essay_tokens
 
 # fixed segment length (aspect so large that L = seg_len_min): selection does not depend on history
@@ -140,6 +141,37 @@ def test_context_shift_rebuilds_summaries(qwen):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_default_threshold_resolves_for_the_cpu(qwen):
+    """dense_below=-1 (the default) becomes the CPU threshold, reported back by the library; below it
+    decode stays dense, above it Radar runs."""
+    qwen.set_radar(RadarConfig())
+    assert RadarConfig().dense_below == -1
+    assert radar_gguf._lib.radar_get(qwen.llama.ctx).dense_below == DENSE_BELOW_CPU
+    before = qwen.radar_stats().n_decode_radar
+    next_logits(qwen, qwen.toks[:600], RadarConfig())
+    assert qwen.radar_stats().n_decode_radar == before  # 600 < 4096: dense
+    with pytest.raises(ValueError, match="dense_below"):
+        RadarConfig(dense_below=-2).validate()
+
+
+def test_decode_summarizes_only_completed_segments(qwen):
+    """A decode step summarizes only the segments it completes (the decode graph stays the same
+    between steps); a prefill after a reset summarizes all of them."""
+    t = qwen.toks
+    qwen.reset()
+    s0 = qwen.radar_stats().n_seg_summarized
+    next_logits(qwen, t[:1001], SPARSE)  # L = 16: 62 segments complete at 1000 cells
+    s1 = qwen.radar_stats().n_seg_summarized
+    assert s1 - s0 == 1000 // 16
+    llama_cpp = radar_gguf._lib.bindings()
+    reused0 = llama_cpp.llama_perf_context(qwen.llama.ctx).n_reused
+    for tok in t[1001:1041]:  # 40 decode steps: cells 1000..1039, 3 more segments complete
+        qwen.llama.eval([tok])
+    assert qwen.radar_stats().n_seg_summarized - s1 == 1040 // 16 - 1000 // 16
+    # the decode graph is rebuilt only where the plan changes (a segment completes, the KV view grows)
+    assert llama_cpp.llama_perf_context(qwen.llama.ctx).n_reused - reused0 >= 30
+
+
 def test_two_sequences_decode_like_each_alone(model_path, essays_available):
     """n_seq_max=2 (one KV stream each): greedy tokens of both sequences decoded in one batch equal
     the tokens of each decoded alone."""
@@ -234,5 +266,3 @@ def test_gemma3_iswa_exact(essays_available):
         assert m.radar_stats().n_attended < 1000
     noise = assert_dense_equal(exact, dense, f32_path_logits(path, t))
     assert np.abs(sparse - dense).mean() > 2 * noise.mean()
-
-

@@ -31,6 +31,23 @@ model() {
     fi
     echo "$q"
 }
+# llama-bench, dense then Radar (LLAMA_RADAR=${RADAR_SPEC:-1}), same arguments: NAME-{dense,radar}.json
+# and the verbose log (buffer sizes) gzipped beside it
+bench_modes() {
+    local name=$1 mode env_radar
+    shift
+    for mode in dense radar; do
+        env_radar=0
+        [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
+        LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" "$@" -o json -v > "$out/$name-$mode.json" 2> "$out/$name-$mode.log" \
+            || { tail -20 "$out/$name-$mode.log"; exit 1; }
+        python3 -c "import json,sys; [print('$name-$mode', r['n_prompt'] or r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" \
+            "$out/$name-$mode.json"
+        grep -E "KV buffer size|Radar buffer size" "$out/$name-$mode.log" | tail -2 || true
+        gzip -f "$out/$name-$mode.log"
+    done
+}
+
 # the GPU machine's python3 may bring an older libstdc++ than the one the library was built with
 preload_libstdcxx() {
     local lib
@@ -59,28 +76,14 @@ case "${1:-}" in
         depths=${3:-0,8192,32768,131072}
         q=$(model "$shape")
         for kv in ${4:-f16}; do
-            for mode in dense radar; do
-                env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
-                tag=$shape-$kv-$mode
-                LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 64 -d "$depths" -r 3 \
-                    -ctk "$kv" -ctv "$kv" -o json -v > "$out/bench-$tag.json" 2> "$out/bench-$tag.log" \
-                    || { tail -20 "$out/bench-$tag.log"; exit 1; }
-                python3 -c "import json,sys; [print('$tag', r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/bench-$tag.json"
-                grep -E "KV buffer size|Radar buffer size" "$out/bench-$tag.log" | tail -2 || true
-                gzip -f "$out/bench-$tag.log"
-            done
+            bench_modes "bench-$shape-$kv" -m "$q" -fa 1 -ngl 99 -p 0 -n 64 -d "$depths" -r 3 -ctk "$kv" -ctv "$kv"
         done
         ;;
     prefill)
         shape=${2:-llama-1b}
         n=${3:-16384}
         q=$(model "$shape")
-        for mode in dense radar; do
-            env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
-            LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p "$n" -n 0 -r 3 -o json \
-                > "$out/prefill-$shape-$mode.json" 2> /dev/null
-            python3 -c "import json,sys; [print('prefill $mode', r['n_prompt'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/prefill-$shape-$mode.json"
-        done
+        bench_modes "prefill-$shape" -m "$q" -fa 1 -ngl 99 -p "$n" -n 0 -r 3
         ;;
     e2e)
         shape=${2:-llama-1b}
@@ -123,12 +126,7 @@ case "${1:-}" in
         {
             python3 scripts/radar_logits.py compare /tmp/mg1-d.npy /tmp/mg2-d.npy --envelope /tmp/mg1-0.npy /tmp/mg2-0.npy
         } | tee "$out/multigpu-$shape-$depth.jsonl"
-        for mode in dense radar; do
-            env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
-            LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -sm layer -p 0 -n 64 -d "$depth" -r 3 -o json \
-                > "$out/bench-2gpu-$shape-$mode.json" 2> /dev/null
-            python3 -c "import json,sys; [print('2gpu $mode', r['n_depth'], round(r['avg_ts'],1)) for r in json.load(open(sys.argv[1]))]" "$out/bench-2gpu-$shape-$mode.json"
-        done
+        bench_modes "bench-2gpu-$shape" -m "$q" -fa 1 -ngl 99 -sm layer -p 0 -n 64 -d "$depth" -r 3
         ;;
     profile)
         shape=${2:-llama-8b}

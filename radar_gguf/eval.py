@@ -903,7 +903,9 @@ def main_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     for r in recs:
         hits = " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols)
         print(
-            f"| {r['mode']} | {r['ppl']:.3f} | {r['value']:+.2f}% | {r['bytes_per_step'] / 1e6:.2f} "
+            f"| {r['mode']} | {r['ppl']:.3f} | {r['value']:+.2f}%"
+            + (f" ± {r['delta_se_pct']:.1f}" if r.get("delta_se_pct") and r["mode"] != "dense" else "")
+            + f" | {r['bytes_per_step'] / 1e6:.2f} "
             f"{'' if r['bytes_measured'] else '(bound) '}| {r['bytes_vs_dense']:.3f} | {r['cells_per_kv_head']:.0f} | {hits} |"
         )
     if args.out:

@@ -25,6 +25,9 @@ minus the sinks. Per query head, with ``p`` the exact softmax over every valid c
   ``tok_all@k`` the same over all valid cells (the always-attended cells count as contained).
 - ``mass``: exact attention mass on the attended cells (dense = 1); ``mass_searched``: share of the
   searched cells' mass inside the selected segments.
+
+``p`` is over the cells only: a model with attention-sink logits (``AttnCapture.has_sinks``) would put
+part of its softmax on the sink, which no selection changes.
 """
 
 from __future__ import annotations

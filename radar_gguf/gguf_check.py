@@ -387,7 +387,11 @@ def _check_byte_tokens(r: _Reader, kv: dict[str, tuple[int, object]]) -> None:
     model = kv.get("tokenizer.ggml.model", (None, None))[1]
     if model not in ("llama", "t5") or r.vocab is None:
         return
-    missing = [b for b in range(256) if f"<0x{b:02X}>".encode() not in r.vocab and (b == 0 or bytes([b]) not in r.vocab)]
+    missing = [
+        b
+        for b in range(256)
+        if f"<0x{b:02X}>".encode() not in r.vocab and (b == 0 or bytes([b]) not in r.vocab)
+    ]
     if missing:
         raise r.error(
             f"the SentencePiece vocabulary lacks the byte token <0x{missing[0]:02X}> "
@@ -397,17 +401,21 @@ def _check_byte_tokens(r: _Reader, kv: dict[str, tuple[int, object]]) -> None:
 
 def _wanted(key: str) -> bool:
     """Keys whose values we keep (all others are skipped without decoding)."""
-    return key.startswith(("general.", "split.")) or key == "tokenizer.ggml.model" or key.endswith(
-        (
-            ".context_length",
-            ".block_count",
-            ".embedding_length",
-            ".head_count",
-            ".head_count_kv",
-            ".key_length",
-            ".expert_count",
-            ".expert_used_count",
-            ".nextn_predict_layers",
+    return (
+        key.startswith(("general.", "split."))
+        or key == "tokenizer.ggml.model"
+        or key.endswith(
+            (
+                ".context_length",
+                ".block_count",
+                ".embedding_length",
+                ".head_count",
+                ".head_count_kv",
+                ".key_length",
+                ".expert_count",
+                ".expert_used_count",
+                ".nextn_predict_layers",
+            )
         )
     )
 
@@ -592,7 +600,9 @@ def _get_int(
 def _check_hparams(r: _Reader, kv: dict[str, tuple[int, object]], arch: str, n_layer: Optional[int]) -> None:
     """Hyperparameters that llama.cpp checks with GGML_ASSERT (an abort, not an error) in load_hparams."""
     if n_layer is not None and not 0 < n_layer <= MAX_LAYERS:
-        raise r.error(f"{arch}.block_count is {n_layer}: llama.cpp supports 1 to {MAX_LAYERS} layers (corrupt header?)")
+        raise r.error(
+            f"{arch}.block_count is {n_layer}: llama.cpp supports 1 to {MAX_LAYERS} layers (corrupt header?)"
+        )
     nextn = _get_int(r, kv, f"{arch}.nextn_predict_layers")
     if nextn is not None and n_layer is not None and nextn > n_layer:
         raise r.error(f"{arch}.nextn_predict_layers is {nextn}, more than the {n_layer} layers")

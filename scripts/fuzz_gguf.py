@@ -32,8 +32,32 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 ROUND = 200  # examples per hypothesis run; runs repeat (with the next seed) until the budget is spent
-INTERESTING = [0, 1, 2, 3, 4, 7, 8, 31, 32, 63, 64, 255, 256, 1 << 15, 65535, 65536, 1 << 31,
-               (1 << 31) - 1, 1 << 32, (1 << 32) - 1, 1 << 62, 1 << 63, (1 << 63) - 1, (1 << 64) - 1]
+INTERESTING = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    31,
+    32,
+    63,
+    64,
+    255,
+    256,
+    1 << 15,
+    65535,
+    65536,
+    1 << 31,
+    (1 << 31) - 1,
+    1 << 32,
+    (1 << 32) - 1,
+    1 << 62,
+    1 << 63,
+    (1 << 63) - 1,
+    (1 << 64) - 1,
+]
 
 
 def tiny_model(path: Path, n_embd: int = 32, n_layer: int = 2) -> Path:
@@ -197,8 +221,12 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--budget", type=float, default=600, help="seconds to fuzz (default: %(default)s)")
     ap.add_argument("--max-examples", type=int, default=1_000_000)
     ap.add_argument("--timeout", type=float, default=10, help="seconds before a llama.cpp load is a hang")
-    ap.add_argument("--corpus", type=Path, default=REPO / "tests" / "data" / "gguf_corpus",
-                    help="where findings are written (default: %(default)s)")
+    ap.add_argument(
+        "--corpus",
+        type=Path,
+        default=REPO / "tests" / "data" / "gguf_corpus",
+        help="where findings are written (default: %(default)s)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: %(default)s)")
     args = ap.parse_args(argv)
 
@@ -214,8 +242,11 @@ def main(argv: Optional[list] = None) -> int:
 
     op = st.one_of(
         st.tuples(st.just("flip"), st.integers(0, header_end - 1), st.integers(1, 255)),
-        st.tuples(st.just("int"), st.integers(0, len(fields) - 1),
-                  st.one_of(st.sampled_from(INTERESTING), st.integers(0, (1 << 64) - 1))),
+        st.tuples(
+            st.just("int"),
+            st.integers(0, len(fields) - 1),
+            st.one_of(st.sampled_from(INTERESTING), st.integers(0, (1 << 64) - 1)),
+        ),
         st.tuples(st.just("cut"), st.integers(0, len(seed_bytes) - 1)),
     )
     counts: dict[str, int] = {}
@@ -243,8 +274,10 @@ def main(argv: Optional[list] = None) -> int:
         seed(args.seed + rounds)(one)()  # hypothesis runs ROUND examples per call
         rounds += 1
     n = sum(counts.values())
-    print(f"fuzz_gguf: {n} cases in {time.monotonic() - t0:.0f} s: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(
+        f"fuzz_gguf: {n} cases in {time.monotonic() - t0:.0f} s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
     new = 0
     args.corpus.mkdir(parents=True, exist_ok=True)
     for key, (data, detail) in sorted(findings.items()):

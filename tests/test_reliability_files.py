@@ -35,7 +35,10 @@ RUN = (
 def run_model(path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", RUN, str(path), "-p", "hi", "-n", "1", "--ctx", "64"],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -88,8 +91,14 @@ CASES = {
     "tensor-dim-absurd": (lambda s, d: _patched(s, d, "output.weight.ne[1]", 1 << 62), ("output.weight",)),
     "tensor-dims-count": (lambda s, d: _patched(s, d, "output.weight.n_dims", 9), ("dimensions",)),
     "tensor-type-unknown": (lambda s, d: _patched(s, d, "output.weight.type", 99), ("unknown tensor type",)),
-    "tensor-offset-past-end": (lambda s, d: _patched(s, d, "output.weight.offset", 1 << 40), ("past the end",)),
-    "string-length-absurd": (lambda s, d: _patched(s, d, "token_embd.weight.name_len", 1 << 60), ("string length",)),
+    "tensor-offset-past-end": (
+        lambda s, d: _patched(s, d, "output.weight.offset", 1 << 40),
+        ("past the end",),
+    ),
+    "string-length-absurd": (
+        lambda s, d: _patched(s, d, "token_embd.weight.name_len", 1 << 60),
+        ("string length",),
+    ),
     "block-count-zero": (lambda s, d: _patched(s, d, "llama.block_count[3]", 0), ("block_count",)),
 }
 

@@ -40,14 +40,20 @@ def device_name() -> str:
 
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m radar_gguf.bench", description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)")
-    p.add_argument("--depths", default=DEFAULT_DEPTHS, help="context depths, comma separated (default: %(default)s)")
+    p.add_argument(
+        "model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)"
+    )
+    p.add_argument(
+        "--depths", default=DEFAULT_DEPTHS, help="context depths, comma separated (default: %(default)s)"
+    )
     p.add_argument("-n", "--n-gen", type=int, default=32, help="timed decode steps per depth, mode and round")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per depth; the best counts")
     p.add_argument("--threads", "-t", type=int, default=None)
     p.add_argument("--gpu-layers", "-ngl", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="append records to this JSON file")
-    p.add_argument("--device", default=None, help="device description for the records (default: detected CPU)")
+    p.add_argument(
+        "--device", default=None, help="device description for the records (default: detected CPU)"
+    )
     add_radar_args(p)
     return p
 
@@ -63,8 +69,9 @@ def _decode_rate(model, tokens: list[int], depth: int, n_gen: int) -> float:
     return n_gen / (time.perf_counter() - t)
 
 
-def bench(model, tokens: list[int], depths: list[int], n_gen: int, radar: RadarConfig, *, rounds: int = 2,
-          log=print) -> list[dict]:
+def bench(
+    model, tokens: list[int], depths: list[int], n_gen: int, radar: RadarConfig, *, rounds: int = 2, log=print
+) -> list[dict]:
     """Decode tokens/s of dense and Radar at each depth on one loaded ``model``.
 
     The modes alternate for ``rounds`` rounds and each keeps its best round, so a burst of other
@@ -126,8 +133,10 @@ def main(argv: Optional[list] = None) -> int:
     for d in depths:
         a = next(r for r in recs if r["depth"] == d and r["mode"] == "dense")
         b = next(r for r in recs if r["depth"] == d and r["mode"] == "radar")
-        print(f"| {format_size(d)} | {a['tokens_per_s']:.2f} | {b['tokens_per_s']:.2f} | "
-              f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x |")
+        print(
+            f"| {format_size(d)} | {a['tokens_per_s']:.2f} | {b['tokens_per_s']:.2f} | "
+            f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x |"
+        )
     if args.out:
         old = json.loads(args.out.read_text()) if args.out.exists() else []
         args.out.parent.mkdir(parents=True, exist_ok=True)

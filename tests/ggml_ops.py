@@ -29,7 +29,14 @@ def _load():
     base.ggml_init.argtypes = [_InitParams]
     base.ggml_init.restype = _c
     base.ggml_free.argtypes = [_c]
-    base.ggml_new_tensor_4d.argtypes = [_c, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_new_tensor_4d.argtypes = [
+        _c,
+        ctypes.c_int,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+    ]
     base.ggml_new_tensor_4d.restype = _c
     base.ggml_get_data.argtypes = [_c]
     base.ggml_get_data.restype = _c
@@ -40,11 +47,21 @@ def _load():
     base.ggml_new_graph.argtypes = [_c]
     base.ggml_new_graph.restype = _c
     base.ggml_build_forward_expand.argtypes = [_c, _c]
-    base.ggml_quantize_chunk.argtypes = [ctypes.c_int, _c, _c, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _c]
+    base.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        _c,
+        _c,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        _c,
+    ]
     base.ggml_quantize_chunk.restype = ctypes.c_size_t
     base.ggml_radar_summarize.argtypes = [_c, _c, _c, _c, _c, _c, ctypes.c_int, ctypes.c_int, ctypes.c_float]
     base.ggml_radar_summarize.restype = _c
-    base.ggml_radar_attn.argtypes = [_c] + [_c] * 7 + [ctypes.c_int] * 5 + [ctypes.c_bool] + [ctypes.c_float] * 3
+    base.ggml_radar_attn.argtypes = (
+        [_c] + [_c] * 7 + [ctypes.c_int] * 5 + [ctypes.c_bool] + [ctypes.c_float] * 3
+    )
     base.ggml_radar_attn.restype = _c
     base.ggml_radar_attn_add_sinks.argtypes = [_c, _c]
     base.ggml_flash_attn_ext.argtypes = [_c, _c, _c, _c, _c, ctypes.c_float, ctypes.c_float, ctypes.c_float]
@@ -143,8 +160,27 @@ def dequant(arr: np.ndarray, type_: int) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def radar_ops(q, k, v, mask, *, seg_len, top_k, n_sink, n_recent, score, scale, n_seg=None, omega=None,
-              shared=False, softcap=0.0, max_bias=0.0, sinks=None, kv_type=F16, threads=2):
+def radar_ops(
+    q,
+    k,
+    v,
+    mask,
+    *,
+    seg_len,
+    top_k,
+    n_sink,
+    n_recent,
+    score,
+    scale,
+    n_seg=None,
+    omega=None,
+    shared=False,
+    softcap=0.0,
+    max_bias=0.0,
+    sinks=None,
+    kv_type=F16,
+    threads=2,
+):
     """summarize (all complete segments) + radar_attn on one stream.
 
     q: [Hq, D]; k: [n_kv, Hkv, D]; v: [n_kv, Hkv, Dv]; mask: [n_kv] float (0 / -inf / finite).
@@ -159,17 +195,34 @@ def radar_ops(q, k, v, mask, *, seg_len, top_k, n_sink, n_recent, score, scale, 
     w = summary_width(score, d, m)
     base = libs()[0]
     with Graph(threads=threads) as g:
-        tq = g.tensor(q.reshape(1, hq, 1, d))                 # [D, 1, Hq, 1]
-        tk = g.tensor(k.reshape(1, n_kv, hkv, d), kv_type)    # [D, Hkv, n_kv, 1]
+        tq = g.tensor(q.reshape(1, hq, 1, d))  # [D, 1, Hq, 1]
+        tk = g.tensor(k.reshape(1, n_kv, hkv, d), kv_type)  # [D, Hkv, n_kv, 1]
         tv = g.tensor(v.reshape(1, n_kv, hkv, dv), kv_type)
-        tm = g.tensor(mask.reshape(1, 1, 1, n_kv), F16)       # [n_kv, 1, 1, 1]
+        tm = g.tensor(mask.reshape(1, 1, 1, n_kv), F16)  # [n_kv, 1, 1, 1]
         ts = g.tensor(np.zeros((1, max(n_seg, 1), hkv, w)))  # [W, Hkv, n_seg, 1]
         tid = g.tensor(np.arange(max(n_seg, 1)).reshape(1, -1) if n_seg else -np.ones((1, 1)), I32)
         tinfo = g.tensor(np.array([[n_seg, 0]]), I32)
         tom = g.tensor(omega.T) if omega is not None else None  # [D, m]
         su = base.ggml_radar_summarize(g.ctx, ts, tk, tm, tid, tom, score, seg_len, scale)
-        out = base.ggml_radar_attn(g.ctx, tq, g.permute(tk, 0, 2, 1, 3), g.permute(tv, 0, 2, 1, 3), tm, su, tinfo, tom,
-                                   score, seg_len, top_k, n_sink, n_recent, shared, scale, max_bias, softcap)
+        out = base.ggml_radar_attn(
+            g.ctx,
+            tq,
+            g.permute(tk, 0, 2, 1, 3),
+            g.permute(tv, 0, 2, 1, 3),
+            tm,
+            su,
+            tinfo,
+            tom,
+            score,
+            seg_len,
+            top_k,
+            n_sink,
+            n_recent,
+            shared,
+            scale,
+            max_bias,
+            softcap,
+        )
         if sinks is not None:
             base.ggml_radar_attn_add_sinks(out, g.tensor(sinks))
         g.compute(out)
@@ -186,8 +239,9 @@ def flash_attn(q, k, v, mask, *, scale, softcap=0.0, max_bias=0.0, sinks=None, k
         tk = g.tensor(k.reshape(1, n_kv, hkv, d), kv_type)
         tv = g.tensor(v.reshape(1, n_kv, hkv, dv), kv_type)
         tm = g.tensor(mask.reshape(1, 1, 1, n_kv), F16)
-        out = base.ggml_flash_attn_ext(g.ctx, tq, g.permute(tk, 0, 2, 1, 3), g.permute(tv, 0, 2, 1, 3), tm,
-                                       scale, max_bias, softcap)
+        out = base.ggml_flash_attn_ext(
+            g.ctx, tq, g.permute(tk, 0, 2, 1, 3), g.permute(tv, 0, 2, 1, 3), tm, scale, max_bias, softcap
+        )
         base.ggml_flash_attn_ext_set_prec(out, 10)  # GGML_PREC_F32
         if sinks is not None:
             base.ggml_flash_attn_ext_add_sinks(out, g.tensor(sinks))

@@ -89,9 +89,14 @@ def test_prompt_longer_than_context(model_path):
     assert "context holds 64" in r.stderr
 
 
-@pytest.mark.parametrize("flag, value, name", [("--radar-budget", "0", "token_budget"),
-                                              ("--radar-window", "-1", "n_recent"),
-                                              ("--radar-aspect", "0", "aspect")])
+@pytest.mark.parametrize(
+    "flag, value, name",
+    [
+        ("--radar-budget", "0", "token_budget"),
+        ("--radar-window", "-1", "n_recent"),
+        ("--radar-aspect", "0", "aspect"),
+    ],
+)
 def test_bad_radar_flags_are_usage_errors(flag, value, name):
     r = run_cli(flag, value, "-p", "hi", timeout=60)
     assert r.returncode == 2

@@ -32,8 +32,21 @@ def make_case(seed, d, ratio, n_kv=2048, hkv=2, holes=True, q_scale=2.0):
 
 
 def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_type, **kw):
-    return R.radar_attention(q, dequant(k, kv_type), dequant(v, kv_type), mask, summaries.astype(np.float64),
-                             n_seg, seg_len, top_k, kw.pop("n_sink", 1), kw.pop("n_recent", 32), score, scale, **kw)[0]
+    return R.radar_attention(
+        q,
+        dequant(k, kv_type),
+        dequant(v, kv_type),
+        mask,
+        summaries.astype(np.float64),
+        n_seg,
+        seg_len,
+        top_k,
+        kw.pop("n_sink", 1),
+        kw.pop("n_recent", 32),
+        score,
+        scale,
+        **kw,
+    )[0]
 
 
 @pytest.mark.parametrize("d", [64, 128, 256])
@@ -43,8 +56,20 @@ def test_meanvar_matches_reference(d, ratio, kv_type):
     q, k, v, mask, used = make_case(d * 10 + ratio, d, ratio)
     seg_len, scale = 32, d**-0.5
     n_seg = used // seg_len
-    out, s = radar_ops(q, k, v, mask, seg_len=seg_len, top_k=6, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR,
-                       scale=scale, n_seg=n_seg, kv_type=kv_type)
+    out, s = radar_ops(
+        q,
+        k,
+        v,
+        mask,
+        seg_len=seg_len,
+        top_k=6,
+        n_sink=1,
+        n_recent=32,
+        score=R.SCORE_MEANVAR,
+        scale=scale,
+        n_seg=n_seg,
+        kv_type=kv_type,
+    )
     # summaries: exact statistics of the stored keys
     ref_s = R.summarize(dequant(k, kv_type), np.isfinite(mask), seg_len, n_seg, R.SCORE_MEANVAR, scale)
     np.testing.assert_allclose(s, ref_s, atol=2e-5, rtol=1e-5)
@@ -62,12 +87,40 @@ def test_every_score_matches_reference(score, shared):
     seg_len, scale = 27, d**-0.5
     n_seg = used // seg_len
     omega = R.make_omega(d, 4 * d, seed=3) if score == R.SCORE_RF else None
-    out, s = radar_ops(q, k, v, mask, seg_len=seg_len, top_k=8, n_sink=4, n_recent=40, score=score, scale=scale,
-                       n_seg=n_seg, omega=omega, shared=shared)
+    out, s = radar_ops(
+        q,
+        k,
+        v,
+        mask,
+        seg_len=seg_len,
+        top_k=8,
+        n_sink=4,
+        n_recent=40,
+        score=score,
+        scale=scale,
+        n_seg=n_seg,
+        omega=omega,
+        shared=shared,
+    )
     ref_s = R.summarize(dequant(k, F16), np.isfinite(mask), seg_len, n_seg, score, scale, omega=omega)
     np.testing.assert_allclose(s, ref_s, atol=1e-4, rtol=1e-4)
-    ref = reference(q, k, v, mask, s, n_seg, seg_len, 8, score, scale, F16, n_sink=4, n_recent=40,
-                    omega=omega, shared=shared)
+    ref = reference(
+        q,
+        k,
+        v,
+        mask,
+        s,
+        n_seg,
+        seg_len,
+        8,
+        score,
+        scale,
+        F16,
+        n_sink=4,
+        n_recent=40,
+        omega=omega,
+        shared=shared,
+    )
     np.testing.assert_allclose(out, ref, atol=2e-3)
 
 
@@ -78,10 +131,38 @@ def test_softcap_alibi_sinks_match_reference():
     sinks = np.linspace(-1, 2, 8)
     seg_len, scale = 32, d**-0.5
     n_seg = used // seg_len
-    out, s = radar_ops(q, k, v, mask, seg_len=seg_len, top_k=10, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR,
-                       scale=scale, n_seg=n_seg, softcap=20.0, max_bias=8.0, sinks=sinks)
-    ref = reference(q, k, v, mask, s, n_seg, seg_len, 10, R.SCORE_MEANVAR, scale, F16, softcap=20.0, max_bias=8.0,
-                    sinks=sinks)
+    out, s = radar_ops(
+        q,
+        k,
+        v,
+        mask,
+        seg_len=seg_len,
+        top_k=10,
+        n_sink=1,
+        n_recent=32,
+        score=R.SCORE_MEANVAR,
+        scale=scale,
+        n_seg=n_seg,
+        softcap=20.0,
+        max_bias=8.0,
+        sinks=sinks,
+    )
+    ref = reference(
+        q,
+        k,
+        v,
+        mask,
+        s,
+        n_seg,
+        seg_len,
+        10,
+        R.SCORE_MEANVAR,
+        scale,
+        F16,
+        softcap=20.0,
+        max_bias=8.0,
+        sinks=sinks,
+    )
     np.testing.assert_allclose(out, ref, atol=2e-3)
 
 
@@ -93,8 +174,21 @@ def test_all_segments_is_dense(score, kv_type):
     q, k, v, mask, used = make_case(5, d, 7, n_kv=3072)
     scale = d**-0.5
     omega = R.make_omega(d, 2 * d, seed=1) if score == R.SCORE_RF else None
-    out, _ = radar_ops(q, k, v, mask, seg_len=27, top_k=10_000, n_sink=1, n_recent=32, score=score, scale=scale,
-                       n_seg=used // 27, omega=omega, kv_type=kv_type)
+    out, _ = radar_ops(
+        q,
+        k,
+        v,
+        mask,
+        seg_len=27,
+        top_k=10_000,
+        n_sink=1,
+        n_recent=32,
+        score=score,
+        scale=scale,
+        n_seg=used // 27,
+        omega=omega,
+        kv_type=kv_type,
+    )
     qq = dequant(q, Q8_0) if kv_type == Q8_0 else q  # the kernel's q8_0 dot products quantize q too
     dense = R.dense_attention(qq, dequant(k, kv_type), dequant(v, kv_type), mask, scale)
     np.testing.assert_allclose(out, dense, atol=5e-4 if kv_type == F16 else 2e-3)
@@ -116,11 +210,14 @@ def test_planted_key_found_far_back():
     v[far, 0] = 5.0  # what attention reads back when it finds the key
     mask = np.zeros(n_kv)
     for score in (R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE):
-        out, _ = radar_ops(q, k, v, mask, seg_len=64, top_k=4, n_sink=1, n_recent=64, score=score, scale=d**-0.5)
+        out, _ = radar_ops(
+            q, k, v, mask, seg_len=64, top_k=4, n_sink=1, n_recent=64, score=score, scale=d**-0.5
+        )
         assert out.mean() > 2.0, f"score {score}: the planted key's segment was not selected"
     # and without it (segment not selected) the output is near zero: the test can fail
-    out, _ = radar_ops(q, k, v, mask, seg_len=64, top_k=0, n_sink=1, n_recent=64, score=R.SCORE_MEANVAR,
-                       scale=d**-0.5)
+    out, _ = radar_ops(
+        q, k, v, mask, seg_len=64, top_k=0, n_sink=1, n_recent=64, score=R.SCORE_MEANVAR, scale=d**-0.5
+    )
     assert abs(out.mean()) < 0.5
 
 
@@ -147,11 +244,39 @@ def test_two_streams_independent():
         ids = g.tensor(np.stack([np.arange(n_kv // seg_len)] * 2), I32)
         info = g.tensor(np.array([[n_segs[0], 0], [n_segs[1], 0]]), I32)
         su = base.ggml_radar_summarize(g.ctx, ts, tk, tm, ids, None, R.SCORE_MEANVAR, seg_len, scale)
-        out = base.ggml_radar_attn(g.ctx, tq, g.permute(tk, 0, 2, 1, 3), g.permute(tv, 0, 2, 1, 3), tm, su, info,
-                                   None, R.SCORE_MEANVAR, seg_len, 5, 1, 32, False, scale, 0.0, 0.0)
+        out = base.ggml_radar_attn(
+            g.ctx,
+            tq,
+            g.permute(tk, 0, 2, 1, 3),
+            g.permute(tv, 0, 2, 1, 3),
+            tm,
+            su,
+            info,
+            None,
+            R.SCORE_MEANVAR,
+            seg_len,
+            5,
+            1,
+            32,
+            False,
+            scale,
+            0.0,
+            0.0,
+        )
         g.compute(out)
         both = g.read(out, (2, hq, d))
     for i, (q1, k1, v1, m1, used) in enumerate(cases):
-        alone, _ = radar_ops(q1, k1, v1, m1, seg_len=seg_len, top_k=5, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR,
-                             scale=scale, n_seg=used // seg_len)
+        alone, _ = radar_ops(
+            q1,
+            k1,
+            v1,
+            m1,
+            seg_len=seg_len,
+            top_k=5,
+            n_sink=1,
+            n_recent=32,
+            score=R.SCORE_MEANVAR,
+            scale=scale,
+            n_seg=used // seg_len,
+        )
         np.testing.assert_allclose(both[i], alone, atol=1e-6)

@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, RUN_WITH_PEAK_RSS, peak_rss_kib, run_cli
 
 import radar_gguf
 from radar_gguf import RadarConfig, _lib, engine
@@ -37,15 +37,8 @@ def _too_large_ctx() -> int:
 
 def test_ctx_that_does_not_fit_is_refused_before_allocation(model_path):
     ctx = _too_large_ctx()
-    code = (
-        "import resource, runpy, sys\n"
-        "try:\n"
-        "    runpy.run_module('radar_gguf.run', run_name='__main__', alter_sys=True)\n"
-        "finally:\n"
-        "    sys.stderr.write(f'\\nmaxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\n"
-    )
     r = subprocess.run(
-        [sys.executable, "-c", code, str(model_path), "--ctx", str(ctx), "-p", "hi"],
+        [sys.executable, "-c", RUN_WITH_PEAK_RSS, str(model_path), "--ctx", str(ctx), "-p", "hi"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,7 +49,7 @@ def test_ctx_that_does_not_fit_is_refused_before_allocation(model_path):
     assert f"a {ctx}-token context does not fit in host memory" in r.stderr
     assert "GiB is available" in r.stderr and "Nothing was allocated" in r.stderr
     assert "tokens would fit" in r.stderr  # how far to lower --ctx
-    maxrss = int(r.stderr.rsplit("maxrss_kib=", 1)[1].split()[0])
+    maxrss = peak_rss_kib(r.stderr)
     assert maxrss < 1.5 * 1024 * 1024, maxrss  # the estimate allocated nothing near the KV cache's size
 
 

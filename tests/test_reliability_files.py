@@ -15,26 +15,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, RUN_WITH_PEAK_RSS, peak_rss_kib
 
 pytest.importorskip("gguf", reason="the gguf package builds the test files (pip install gguf)")
 sys.path.insert(0, str(REPO / "scripts"))
 from fuzz_gguf import int_fields, tiny_model  # noqa: E402
 
 CORPUS = sorted((REPO / "tests" / "data" / "gguf_corpus").glob("*.gguf"))
-# the child reports its peak RSS: a corrupt file must not make anything large be allocated
-RUN = (
-    "import resource, runpy, sys\n"
-    "try:\n"
-    "    runpy.run_module('radar_gguf.run', run_name='__main__', alter_sys=True)\n"
-    "finally:\n"
-    "    sys.stderr.write(f'\\nmaxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\n"
-)
 
 
 def run_model(path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", RUN, str(path), "-p", "hi", "-n", "1", "--ctx", "64"],
+        [sys.executable, "-c", RUN_WITH_PEAK_RSS, str(path), "-p", "hi", "-n", "1", "--ctx", "64"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,7 +40,7 @@ def assert_clean_error(r: subprocess.CompletedProcess, path: Path, *fragments: s
     assert "Traceback" not in r.stderr, r.stderr
     for fragment in fragments:
         assert fragment in r.stderr, r.stderr
-    maxrss = int(r.stderr.rsplit("maxrss_kib=", 1)[1].split()[0])
+    maxrss = peak_rss_kib(r.stderr)
     assert maxrss < 1024 * 1024, maxrss  # < 1 GiB: nothing huge was allocated
 
 

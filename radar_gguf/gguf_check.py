@@ -269,6 +269,13 @@ class _Reader:
 
     def strings(self, count: int, what: str) -> list[bytes]:
         """Read ``count`` length-prefixed strings (the hot loop for a vocabulary's token texts)."""
+        return self._strings(count, what, keep=True)
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skip ``count`` length-prefixed strings (the hot loop for tokenizer vocabularies)."""
+        self._strings(count, what, keep=False)
+
+    def _strings(self, count: int, what: str, keep: bool) -> list[bytes]:
         size = self.size
         unpack_from = _U64.unpack_from
         out = []
@@ -283,36 +290,19 @@ class _Reader:
             if n > size:
                 self.pos = start + off
                 self.string_length(what)  # raises with the offset
-            if off + 8 + n > len(buf):
-                self.pos = start + off + 8
-                out.append(self.read(n))
-                buf, start = self.buf, self.buf_start
-                off = self.pos - start
-                continue
-            out.append(buf[off + 8 : off + 8 + n])
-            off += 8 + n
-        self.pos = start + off
-        return out
-
-    def skip_strings(self, count: int, what: str) -> None:
-        """Skip ``count`` length-prefixed strings (the hot loop for tokenizer vocabularies)."""
-        size = self.size
-        unpack_from = _U64.unpack_from
-        buf, start = self.buf, self.buf_start
-        off = self.pos - start
-        for _ in range(count):
-            if off < 0 or off + 8 > len(buf):
-                self.pos = start + off
-                off = self._fill(8)
-                buf, start = self.buf, self.buf_start
-            n = unpack_from(buf, off)[0]
-            if n > size:
-                self.pos = start + off
-                self.string_length(what)  # raises with the offset
+            if keep:
+                if off + 8 + n > len(buf):
+                    self.pos = start + off + 8
+                    out.append(self.read(n))
+                    buf, start = self.buf, self.buf_start
+                    off = self.pos - start
+                    continue
+                out.append(buf[off + 8 : off + 8 + n])
             off += 8 + n
         self.pos = start + off
         if self.pos > size:
             raise self.truncated(self.pos)
+        return out
 
 
 def _type_name(t: int) -> str:

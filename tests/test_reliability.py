@@ -8,7 +8,6 @@ test_serve.py and the cases here.)
 from __future__ import annotations
 
 import ctypes
-import os
 import queue
 import signal
 import subprocess
@@ -276,6 +275,28 @@ def test_ctrl_c_in_the_repl_during_prefill_and_decode(model_path):
             r.p.kill()
 
 
+def _interrupt_summarize(doc, model_path, out, *, ctx: int, n: int, when: str, delay: float = 0.0):
+    """Run summarize and send it SIGINT once a stderr line contains ``when`` (after ``delay`` s).
+    Returns (exit code, stderr up to the signal, stderr after it)."""
+    cmd = [sys.executable, "-m", "radar_gguf.summarize", str(doc), "-m", str(model_path)]
+    cmd += ["--ctx", str(ctx), "-n", str(n), "--out", str(out)]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    seen = []
+    try:
+        for line in p.stderr:
+            seen.append(line)
+            if when in line:
+                time.sleep(delay)
+                p.send_signal(signal.SIGINT)
+                break
+        rest = p.stderr.read()
+        rc = p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return rc, "".join(seen), rest
+
+
 def test_ctrl_c_in_summarize_during_first_prefill(tmp_path, model_path):
     """Interrupted before any summary exists: exit 130, a clear message, no traceback, no half-written
     output file left behind."""
@@ -284,36 +305,8 @@ def test_ctrl_c_in_summarize_during_first_prefill(tmp_path, model_path):
         "\n\n".join(f"Paragraph {i}. " + "The river rose and the town watched it. " * 30 for i in range(12))
     )
     out = tmp_path / "summary.md"
-    cmd = [
-        sys.executable,
-        "-m",
-        "radar_gguf.summarize",
-        str(doc),
-        "-m",
-        str(model_path),
-        "--ctx",
-        "4096",
-        "-n",
-        "64",
-        "--out",
-        str(out),
-    ]
-    p = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, env=dict(os.environ)
-    )
-    seen = []
-    try:
-        for line in p.stderr:
-            seen.append(line)
-            if "prefill" in line:
-                p.send_signal(signal.SIGINT)
-                break
-        rest = p.stderr.read()
-        rc = p.wait(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert rc == 130, "".join(seen) + rest
+    rc, seen, rest = _interrupt_summarize(doc, model_path, out, ctx=4096, n=64, when="prefill")
+    assert rc == 130, seen + rest
     assert "interrupted" in rest and "Traceback" not in rest
     assert not (tmp_path / "summary.md.tmp").exists()
     if out.exists():  # whatever was saved says it is partial
@@ -326,35 +319,9 @@ def test_ctrl_c_in_summarize_during_decode_keeps_the_text_so_far(tmp_path, model
         "The Varrow Bridge is a stone footbridge over the river Lenne, built in 1822 by Hilde Brandt.\n" * 6
     )
     out = tmp_path / "summary.md"
-    cmd = [
-        sys.executable,
-        "-m",
-        "radar_gguf.summarize",
-        str(doc),
-        "-m",
-        str(model_path),
-        "--ctx",
-        "2048",
-        "-n",
-        "400",
-        "--out",
-        str(out),
-    ]
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
-    seen = []
-    try:
-        for line in p.stderr:
-            seen.append(line)
-            if "100%" in line:  # the prefill is done: the summary is being generated
-                time.sleep(1.5)
-                p.send_signal(signal.SIGINT)
-                break
-        rest = p.stderr.read()
-        rc = p.wait(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert rc == 130, "".join(seen) + rest
+    # "100%": the prefill is done, the summary is being generated
+    rc, seen, rest = _interrupt_summarize(doc, model_path, out, ctx=2048, n=400, when="100%", delay=1.5)
+    assert rc == 130, seen + rest
     assert "saved the partial summary" in rest and "Traceback" not in rest
     text = out.read_text()
     assert "interrupted" in text

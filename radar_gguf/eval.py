@@ -206,7 +206,18 @@ def prefill_cached(model: Any, tokens: Sequence[int], cache_dir: Optional[Path])
         log(f"# cached state {path} unusable; prefilling")
         model.reset()
     model.set_radar(DENSE)
-    model.prefill(tokens)
+    from .summarize import prefill_with_progress
+
+    t0, last = time.perf_counter(), [-1]
+
+    def report(done: int, total: int) -> None:
+        if 10 * done // total > last[0]:  # a line per 10%: a 32k prefill takes many minutes on a laptop
+            last[0] = 10 * done // total
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log(f"# prefill {done}/{total} tokens ({100 * done // total}%, {rate:.0f} tok/s)")
+
+    prefill_with_progress(model, list(tokens), report, piece=2048)
+    model.prefill(tokens)  # the last token: its logits score the first continuation token
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ SHAPES = {
     "d80-small": (4, 2560, 6912, 32, 32, 32000, 10000.0, 16384),
     # Gemma 3 4B: head dim 256, sliding-window layers (1024) with every 6th layer global
     "gemma3-4b": (34, 2560, 10240, 8, 4, 262144, 1000000.0, 131072),
+    # one layer, one head of dim 64: the per-step host work of a 128k context stands out (perf on the CPU)
+    "tiny-1l": (1, 64, 128, 1, 1, 32000, 500000.0, 131072),
 }
 # architecture-specific extras: (arch, head dim, sliding window)
 ARCH = {"gemma3-4b": ("gemma3", 256, 1024)}
@@ -57,11 +59,14 @@ def main() -> None:
     else:
         w.add_rope_dimension_count(d)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    # a minimal SentencePiece-style vocabulary: enough for llama.cpp to load and run
+    # a minimal SentencePiece-style vocabulary: 3 control tokens, the 256 byte tokens (radar_gguf's
+    # checks and llama.cpp's tokenizer want them), then placeholders
     w.add_tokenizer_model("llama")
-    w.add_token_list([f"<t{i}>".encode() for i in range(n_vocab)])
+    words = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    words += [f"<t{i}>".encode() for i in range(len(words), n_vocab)]
+    w.add_token_list(words)
     w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types([1] * n_vocab)
+    w.add_token_types([3, 3, 3] + [6] * 256 + [1] * (n_vocab - 259))
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
 

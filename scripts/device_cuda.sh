@@ -32,11 +32,12 @@ model() {
     echo "$q"
 }
 # llama-bench, dense then Radar (LLAMA_RADAR=${RADAR_SPEC:-1}), same arguments: NAME-{dense,radar}.json
+# (MODES="radar": Radar only, e.g. for an A/B of GGML_CUDA_RADAR_UNFUSED=1)
 # and the verbose log (buffer sizes) gzipped beside it
 bench_modes() {
     local name=$1 mode env_radar
     shift
-    for mode in dense radar; do
+    for mode in ${MODES:-dense radar}; do
         env_radar=0
         [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
         LLAMA_RADAR=$env_radar "$bld/bin/llama-bench" "$@" -o json -v > "$out/$name-$mode.json" 2> "$out/$name-$mode.log" \
@@ -133,7 +134,7 @@ case "${1:-}" in
         depth=${3:-32768}
         q=$(model "$shape")
         ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-        for mode in dense radar; do
+        for mode in ${MODES:-dense radar}; do
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
             LLAMA_RADAR=$env_radar "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
                 -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)" --launch-count 400 \

@@ -1015,7 +1015,7 @@ def main(argv: Optional[list] = None) -> int:
         parser.error("--depths must be in [0, 1]")
     with load(
         args.model,
-        ctx=lengths[-1] + args.max_tokens + 64,
+        ctx=int(lengths[-1] * 1.01) + 8 + args.max_tokens + 64,  # niah_prompt may run 1% + 8 tokens over
         radar=DENSE,
         threads=args.threads,
         gpu_layers=args.gpu_layers,

@@ -155,12 +155,16 @@ def test_default_threshold_resolves_for_the_cpu(qwen):
 
 
 def test_decode_summarizes_only_completed_segments(qwen):
-    """A decode step summarizes only the segments it completes (the decode graph stays the same
-    between steps); a prefill after a reset summarizes all of them."""
+    """A prompt builds no summaries (it costs what it costs dense); the first decode step after it
+    summarizes every complete segment, and later steps only the segments they complete (the decode
+    graph stays the same between steps)."""
     t = qwen.toks
     qwen.reset()
+    qwen.set_radar(SPARSE)
     s0 = qwen.radar_stats().n_seg_summarized
-    next_logits(qwen, t[:1001], SPARSE)  # L = 16: 62 segments complete at 1000 cells
+    qwen.prefill(t[:1000])
+    assert qwen.radar_stats().n_seg_summarized == s0  # the prompt: none
+    qwen.llama.eval(t[1000:1001])  # L = 16: 62 segments complete at 1000 cells
     s1 = qwen.radar_stats().n_seg_summarized
     assert s1 - s0 == 1000 // 16
     llama_cpp = radar_gguf._lib.bindings()

@@ -393,7 +393,8 @@ def eval_niah(
 
 
 def niah_heatmap(records: Sequence[dict], mode: str, path: Path) -> Optional[Path]:
-    """Depth x length heatmap of the scores of ``mode``; None when matplotlib is missing."""
+    """Depth x length heatmap of the scores of ``mode``, from ``eval_niah`` results or the JSON records of
+    ``--out`` (context/value); None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -404,12 +405,16 @@ def niah_heatmap(records: Sequence[dict], mode: str, path: Path) -> Optional[Pat
         return None
     import numpy as np
 
-    rs = [r for r in records if r["mode"] == mode]
-    lengths = sorted({r["length"] for r in rs})
-    depths = sorted({r["depth"] for r in rs})
+    rs = [
+        (r.get("length", r.get("context")), r["depth"], r.get("score", r.get("value")))
+        for r in records
+        if r["mode"] == mode
+    ]
+    lengths = sorted({n for n, _, _ in rs})
+    depths = sorted({d for _, d, _ in rs})
     grid = np.full((len(depths), len(lengths)), np.nan)
-    for r in rs:
-        grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["score"]
+    for n, d, v in rs:
+        grid[depths.index(d), lengths.index(n)] = v
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(lengths), 1.0 + 0.6 * len(depths)))
     ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(lengths)), [format_size(n) for n in lengths])
@@ -1054,13 +1059,16 @@ def main(argv: Optional[list] = None) -> int:
             cells.append(f"{sum(v):.0f}/{len(v)}")
         allv = [r["score"] for r in recs if r["mode"] == spec]
         print(f"| {spec} | " + " | ".join(cells) + f" | {sum(allv) / len(allv):.2f} |")
+    plotted = recs
     if args.out:
-        merge_records(args.out, records, ("model", "context", "metric", "mode", "depth", "feed"))
+        merged = merge_records(args.out, records, ("model", "context", "metric", "mode", "depth", "feed"))
         print(f"records merged into {args.out}")
+        # the heatmaps cover every length recorded for this model and feed, not only this run's
+        plotted = [r for r in merged if r.get("model") == records[0]["model"] and r.get("feed") == args.feed]
     if args.plot_dir:
         for spec in specs:
             safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
-            p = niah_heatmap(recs, spec, args.plot_dir / f"quality-niah-{args.feed}-{safe}.png")
+            p = niah_heatmap(plotted, spec, args.plot_dir / f"quality-niah-{args.feed}-{safe}.png")
             if p:
                 print(f"heatmap: {p}")
     return 0

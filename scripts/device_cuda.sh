@@ -4,7 +4,7 @@
 #
 #   bash scripts/device_cuda.sh build      # configure + build test-backend-ops, llama-bench, llama-quantize
 #   bash scripts/device_cuda.sh test       # test-backend-ops -o RADAR_ATTN -b CUDA0 (CUDA vs CPU)
-#   bash scripts/device_cuda.sh bench SHAPE DEPTHS [KV]   # e.g. llama-1b 0,8192,32768,131072 "f16 q8_0" (REPS=3)
+#   bash scripts/device_cuda.sh bench SHAPE DEPTHS [KV]   # e.g. llama-1b 0,8192,32768,131072 "f16 q8_0" (REPS=3 NGEN=64)
 #   bash scripts/device_cuda.sh prefill SHAPE N           # prompt speed with and without Radar summaries
 #   bash scripts/device_cuda.sh e2e SHAPE DEPTH           # decode logits: Radar CUDA vs CPU, top-k >= all vs dense
 #   bash scripts/device_cuda.sh multigpu SHAPE DEPTH      # 2 GPUs, -sm layer: logits vs 1 GPU, and speed
@@ -77,7 +77,7 @@ case "${1:-}" in
         depths=${3:-0,8192,32768,131072}
         q=$(model "$shape")
         for kv in ${4:-f16}; do
-            bench_modes "bench-$shape-$kv" -m "$q" -fa 1 -ngl 99 -p 0 -n 64 -d "$depths" -r "${REPS:-3}" -ctk "$kv" -ctv "$kv"
+            bench_modes "bench-$shape-$kv" -m "$q" -fa 1 -ngl 99 -p 0 -n "${NGEN:-64}" -d "$depths" -r "${REPS:-3}" -ctk "$kv" -ctv "$kv"
         done
         ;;
     prefill)

@@ -20,7 +20,7 @@ from pathlib import Path
 # runs whose Radar setting was not the library default (LLAMA_RADAR=1)
 SPECS = {"2gpu-llama-1b-f16-d8k": "dense_below=4096"}
 COMMAND = (
-    "LLAMA_RADAR={radar} llama-bench -m {model} -fa 1 -ngl 99 -p 0 -n 64 -d {depths} -r 3 -ctk {kv} -ctv {kv}"
+    "LLAMA_RADAR={radar} llama-bench -m {model} -fa 1 -ngl 99 -p 0 -n {n_gen} -d {depths} -r {reps} -ctk {kv} -ctv {kv}"
     "{sm}  (scripts/device_cuda.sh bench)"
 )
 
@@ -53,6 +53,8 @@ def load_pair(dense: Path) -> list[dict]:
                         radar=SPECS.get(tag, "1") if mode == "radar" else "0",
                         model=Path(r["model_filename"]).name,
                         depths=depths,
+                        n_gen=r["n_gen"],
+                        reps=len(r["samples_ts"]),
                         kv=r["type_k"],
                         sm=" -sm layer (2 GPUs)" if gpus == 2 else "",
                     ),

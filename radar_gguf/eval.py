@@ -393,8 +393,8 @@ def eval_niah(
 
 
 def niah_heatmap(records: Sequence[dict], mode: str, path: Path) -> Optional[Path]:
-    """Depth x length heatmap of the scores of ``mode``, from ``eval_niah`` results or the JSON records of
-    ``--out`` (context/value); None when matplotlib is missing."""
+    """Depth x length heatmap of the scores of ``mode`` from NIAH records (context, depth, value, as
+    written to ``--out``); None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -405,11 +405,7 @@ def niah_heatmap(records: Sequence[dict], mode: str, path: Path) -> Optional[Pat
         return None
     import numpy as np
 
-    rs = [
-        (r.get("length", r.get("context")), r["depth"], r.get("score", r.get("value")))
-        for r in records
-        if r["mode"] == mode
-    ]
+    rs = [(r["context"], r["depth"], r["value"]) for r in records if r["mode"] == mode]
     lengths = sorted({n for n, _, _ in rs})
     depths = sorted({d for _, d, _ in rs})
     grid = np.full((len(depths), len(lengths)), np.nan)
@@ -1059,7 +1055,7 @@ def main(argv: Optional[list] = None) -> int:
             cells.append(f"{sum(v):.0f}/{len(v)}")
         allv = [r["score"] for r in recs if r["mode"] == spec]
         print(f"| {spec} | " + " | ".join(cells) + f" | {sum(allv) / len(allv):.2f} |")
-    plotted = recs
+    plotted = records
     if args.out:
         merged = merge_records(args.out, records, ("model", "context", "metric", "mode", "depth", "feed"))
         print(f"records merged into {args.out}")

@@ -1,4 +1,4 @@
-"""Quality of Radar against dense attention: ``python -m radar_gguf.eval {ppl,niah} [MODEL] ...``.
+"""Quality of Radar against dense attention: ``python -m radar_gguf.eval {ppl,pool,niah,select,sweep} ...``.
 
 ``ppl``  long-context perplexity on the Paul Graham essays. The first N tokens are prefilled once
          (dense, exact: Radar never touches prefill); then, for dense and for every Radar config on
@@ -11,6 +11,8 @@
          tokens are then fed one decode step at a time (``--feed decode``, default, so Radar selects
          for every question token) or in one batch (``--feed batch``: only the answer tokens use Radar).
 
+``pool``  pools the ppl records of several disjoint windows of the corpus (``ppl --offset``, same context
+         and M) into one delta ± SE over all their scored tokens.
 ``select`` selection quality (``radar_gguf.selection``): at sampled decode steps after a prefilled context
          the real queries and keys of every layer are captured from the decode graph, and Radar's scores,
          an oracle (exact attention mass), sinks + recent window and random selection are compared at the
@@ -571,6 +573,19 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     pw.add_argument("--out", type=Path, default=None, help="write the joined records here (JSON list)")
     pw.add_argument("--plot", type=Path, default=None, help="PNG of delta ppl vs bytes read")
 
+    po = sub.add_parser("pool", help="pool the ppl records of several corpus windows into one delta ± SE")
+    po.add_argument(
+        "records",
+        type=Path,
+        nargs="?",
+        default=RESULTS / "quality-ppl.json",
+        help="ppl records (default: %(default)s)",
+    )
+    po.add_argument("--context", default="16k", help="context of the records to pool (default: %(default)s)")
+    po.add_argument(
+        "-m", "--n-score", type=int, default=256, help="ppl records with this M (default: %(default)s)"
+    )
+
     pn = sub.add_parser("niah", help="needle in a haystack, dense vs Radar")
     common(pn)
     pn.add_argument(
@@ -929,6 +944,61 @@ def main_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def pool_windows(records: Sequence[dict], context: int, n_score: int) -> list[dict]:
+    """Pool the perplexity deltas of disjoint corpus windows (``eval ppl --offset``) of one context and M.
+
+    Per Radar mode, over the windows (offsets) that have both it and dense: the pooled delta is
+    ``exp(mean_i ln(1 + delta_i)) - 1``, the perplexity ratio over all scored tokens (every window scores
+    M tokens), and its SE ``sqrt(sum_i se_i^2) / n`` (the windows are independent). Returns one dict per
+    mode: mode, n_windows, n_tokens, delta_pct, se_pct, windows [(offset, delta_pct, se_pct)]."""
+    sel = [
+        r
+        for r in records
+        if r.get("metric") == "ppl" and r.get("context") == context and r.get("n_scored") == n_score
+    ]
+    dense_at = {r.get("offset", 0) for r in sel if r["mode"] == "dense"}
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in sel if r["mode"] != "dense"):
+        wins = sorted(
+            (r.get("offset", 0), r["delta_pct"], r.get("delta_se_pct"))
+            for r in sel
+            if r["mode"] == mode and r.get("offset", 0) in dense_at and r.get("delta_pct") is not None
+        )
+        if not wins:
+            continue
+        n = len(wins)
+        log_ratio = sum(math.log1p(d / 100.0) for _, d, _ in wins) / n
+        ses = [se for _, _, se in wins]
+        se = math.sqrt(sum(x * x for x in ses)) / n if all(x is not None for x in ses) else None
+        out.append(
+            {
+                "mode": mode,
+                "n_windows": n,
+                "n_tokens": n * n_score,
+                "delta_pct": 100.0 * math.expm1(log_ratio),
+                "se_pct": se,
+                "windows": wins,
+            }
+        )
+    return out
+
+
+def main_pool(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    context = _sizes(args.context, parser, "--context")[0]
+    if not args.records.exists():
+        parser.error(f"{args.records}: no such file")
+    rows = pool_windows(json.loads(args.records.read_text()), context, args.n_score)
+    if not rows:
+        parser.error(f"no Radar records with a dense reference at {args.context} with M = {args.n_score}")
+    print("| mode | windows | tokens scored | pooled vs dense ± SE | per window (offset: delta) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        se = "" if r["se_pct"] is None else f" ± {r['se_pct']:.2f}"
+        per = ", ".join(f"{o}: {d:+.2f}%" for o, d, _ in r["windows"])
+        print(f"| {r['mode']} | {r['n_windows']} | {r['n_tokens']} | {r['delta_pct']:+.2f}%{se} | {per} |")
+    return 0
+
+
 def _sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
     try:
         return sorted(argparse_size(s) for s in text.split(",") if s.strip())
@@ -940,6 +1010,8 @@ def _sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
 def main(argv: Optional[list] = None) -> int:
     parser = setup_arg_parser()
     args = parser.parse_args(argv)
+    if args.task == "pool":
+        return main_pool(args, parser)
     command = "python -m radar_gguf.eval " + " ".join(argv if argv is not None else sys.argv[1:])
     device = args.device or device_name()
     if args.task == "select":

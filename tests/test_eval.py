@@ -195,3 +195,48 @@ def test_paired_se_pct():
 
     assert paired_se_pct([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) == pytest.approx(100 / math.sqrt(3))
     assert paired_se_pct([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == 0.0  # a constant shift is certain
+
+
+def _ppl_rec(mode, offset, delta, se, context=16384, n_scored=256):
+    return {
+        "metric": "ppl",
+        "context": context,
+        "n_scored": n_scored,
+        "offset": offset,
+        "mode": mode,
+        "delta_pct": delta,
+        "delta_se_pct": se,
+    }
+
+
+def test_pool_windows():
+    from radar_gguf.eval import pool_windows
+
+    recs = [
+        _ppl_rec("dense", 0, 0.0, 0.0),
+        _ppl_rec("meanvar", 0, 10.0, 3.0),
+        _ppl_rec("dense", 100, 0.0, 0.0),
+        _ppl_rec("meanvar", 100, -10.0, 4.0),
+        _ppl_rec("meanvar", 200, 50.0, 1.0),  # no dense run at this offset: left out
+        _ppl_rec("meanvar", 0, 99.0, 1.0, n_scored=128),  # another M
+        _ppl_rec("meanvar", 0, 99.0, 1.0, context=8192),  # another context
+    ]
+    (r,) = pool_windows(recs, 16384, 256)
+    assert (r["mode"], r["n_windows"], r["n_tokens"]) == ("meanvar", 2, 512)
+    assert [w[0] for w in r["windows"]] == [0, 100]
+    # the ppl ratio over all tokens is the geometric mean of the windows' ratios, not their mean
+    assert r["delta_pct"] == pytest.approx(100 * (math.sqrt(1.1 * 0.9) - 1))
+    assert r["se_pct"] == pytest.approx(math.sqrt(3.0**2 + 4.0**2) / 2)
+
+
+def test_pool_cli(tmp_path, capsys):
+    from radar_gguf.eval import main
+
+    f = tmp_path / "ppl.json"
+    f.write_text(json.dumps([_ppl_rec("dense", 0, 0.0, 0.0), _ppl_rec("meanvar", 0, 2.0, 1.5)]))
+    assert main(["pool", str(f), "--context", "16k"]) == 0
+    assert "| meanvar | 1 | 256 | +2.00% ± 1.50 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["pool", str(f), "--context", "32k"])  # nothing recorded there
+    assert e.value.code == 2
+    assert "no Radar records" in capsys.readouterr().err

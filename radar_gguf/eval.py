@@ -629,6 +629,7 @@ SELECT_COLUMNS = (
     "tok_all@8",
     "mass",
     "mass_searched",
+    "out_err",
     "attended_union",
 )
 
@@ -763,7 +764,7 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                     )
             if args.plot_dir:
                 args.plot_dir.mkdir(parents=True, exist_ok=True)
-                for met in ("hit@1", "mass_searched"):
+                for met in ("hit@1", "mass_searched", "out_err"):
                     safe = met.replace("@", "")
                     p = sel.plot_per_layer(
                         summ,

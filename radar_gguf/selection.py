@@ -25,6 +25,10 @@ minus the sinks. Per query head, with ``p`` the exact softmax over every valid c
   ``tok_all@k`` the same over all valid cells (the always-attended cells count as contained).
 - ``mass``: exact attention mass on the attended cells (dense = 1); ``mass_searched``: share of the
   searched cells' mass inside the selected segments.
+- ``out_err``: relative L2 error of the head's attention output over the attended cells (the softmax
+  renormalised over them, as the kernel computes it) against dense attention, ``|o - o_dense| / |o_dense|``.
+  Mass alone ignores the values: a segment of heavy but near-constant value rows (secondary sinks) adds
+  mass without changing the output. Not defined for ``random``.
 
 ``p`` is over the cells only: a model with attention-sink logits (``AttnCapture.has_sinks``) would put
 part of its softmax on the sink, which no selection changes.
@@ -306,11 +310,14 @@ def _top_cells(x: np.ndarray, k: int) -> np.ndarray:
     )
 
 
-def selection_metrics(p: np.ndarray, order: Optional[np.ndarray], geom: Geometry) -> dict[str, np.ndarray]:
+def selection_metrics(
+    p: np.ndarray, order: Optional[np.ndarray], geom: Geometry, v: Optional[np.ndarray] = None
+) -> dict[str, np.ndarray]:
     """Metrics per query head (``[Hq]`` arrays) of a selection, see the module docstring.
 
     ``p: [Hq, n_kv]`` exact attention weights; ``order: [Hq, n_cand]`` candidate segments best first (the
-    selection is ``order[:, :top_k]``), or None for the expectation of a uniformly random selection.
+    selection is ``order[:, :top_k]``), or None for the expectation of a uniformly random selection;
+    ``v: [n_kv, Hkv, Dv]`` the value rows (finite; zero where masked), for ``out_err``.
     """
     hq, n_kv = p.shape
     L, nc, ks = geom.seg_len, geom.n_cand, geom.k_sel
@@ -332,6 +339,7 @@ def selection_metrics(p: np.ndarray, order: Optional[np.ndarray], geom: Geometry
             **{f"tok_all@{k}": nan for k in TOK_KS},
             "mass": m_always,
             "mass_searched": nan,
+            **({} if v is None else {"out_err": output_error(p, always[None, :].astype(np.float64), v)}),
         }
     if order is None:  # uniform random: every candidate is kept with probability pi
         pi = ks / nc
@@ -360,7 +368,25 @@ def selection_metrics(p: np.ndarray, order: Optional[np.ndarray], geom: Geometry
     out["mass"] = m_always + got
     with np.errstate(invalid="ignore", divide="ignore"):
         out["mass_searched"] = np.where(total > 0, got / total, np.nan)
+    if v is not None:
+        out["out_err"] = np.full(hq, np.nan) if order is None else output_error(p, cell_sel, v)
     return out
+
+
+def output_error(p: np.ndarray, attended: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``[Hq]`` relative L2 error of the attention output over the ``attended`` cells (``[Hq or 1, n_kv]``
+    0/1) against the output over all cells; ``p: [Hq, n_kv]`` exact weights, ``v: [n_kv, Hkv, Dv]``."""
+    hq = p.shape[0]
+    g = hq // v.shape[1]
+    w = p * attended  # [Hq, n_kv]
+    err = np.empty(hq)
+    for hk in range(v.shape[1]):
+        rows = slice(hk * g, (hk + 1) * g)
+        o_dense = p[rows] @ v[:, hk, :]  # [g, Dv]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            o = (w[rows] @ v[:, hk, :]) / w[rows].sum(axis=1, keepdims=True)
+            err[rows] = np.linalg.norm(o - o_dense, axis=1) / np.linalg.norm(o_dense, axis=1)
+    return err
 
 
 def union_cells(order: Optional[np.ndarray], geom: Geometry, n_kv: int, g: int) -> float:
@@ -556,6 +582,7 @@ def analyse_step(
         n_kv = k64.shape[0]
         t_valid = int(valid.sum())
         p = exact_probs(cap.q, k64, cap.mask, cap.scale, cap.softcap, cap.max_bias)
+        v64 = np.where(valid[:, None, None], cap.v.astype(np.float64), 0.0)  # unused cells may hold NaN
         g = cap.q.shape[0] // cap.k.shape[1]
         if check:
             res["check"][il] = kernel_check(cap, k64, valid, cache)
@@ -568,7 +595,7 @@ def analyse_step(
                 n_seg = t_valid // L
             geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L))
             order = method_order(m, cap, p, geom, k64, valid, cache)
-            met = {k: float(np.nanmean(v)) for k, v in selection_metrics(p, order, geom).items()}
+            met = {k: float(np.nanmean(x)) for k, x in selection_metrics(p, order, geom, v64).items()}
             met["attended"] = float(geom.always(n_kv)[valid].sum() + geom.k_sel * L)
             met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g)
             per[m.spec] = met

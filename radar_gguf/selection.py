@@ -373,6 +373,13 @@ def selection_metrics(
     return out
 
 
+def _nanmean(x: np.ndarray) -> float:
+    """Mean over the defined values; NaN (without numpy's warning) when there is none, e.g. random's out_err."""
+    x = np.asarray(x, dtype=np.float64)
+    ok = ~np.isnan(x)
+    return float(x[ok].mean()) if ok.any() else float("nan")
+
+
 def output_error(p: np.ndarray, attended: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``[Hq]`` relative L2 error of the attention output over the ``attended`` cells (``[Hq or 1, n_kv]``
     0/1) against the output over all cells; ``p: [Hq, n_kv]`` exact weights, ``v: [n_kv, Hkv, Dv]``."""
@@ -595,7 +602,7 @@ def analyse_step(
                 n_seg = t_valid // L
             geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L))
             order = method_order(m, cap, p, geom, k64, valid, cache)
-            met = {k: float(np.nanmean(x)) for k, x in selection_metrics(p, order, geom, v64).items()}
+            met = {k: _nanmean(x) for k, x in selection_metrics(p, order, geom, v64).items()}
             met["attended"] = float(geom.always(n_kv)[valid].sum() + geom.k_sel * L)
             met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g)
             per[m.spec] = met
@@ -663,11 +670,11 @@ def summarize_steps(steps: Sequence[dict]) -> dict:
         mean[spec] = {}
         for met in metrics:
             vals = [
-                float(np.nanmean([s["layers"][il][spec][met] for s in steps if il in s["layers"]]))
+                _nanmean(np.array([s["layers"][il][spec][met] for s in steps if il in s["layers"]]))
                 for il in layers
             ]
             per_layer[spec][met] = vals
-            mean[spec][met] = float(np.nanmean(vals))
+            mean[spec][met] = _nanmean(np.array(vals))
     check: dict = {}
     for s in steps:
         for c in s["check"].values():

@@ -186,6 +186,25 @@ def _cache_key(model: Any, tokens: Sequence[int]) -> str:
     return h.hexdigest()[:20]
 
 
+def prefill_logged(model: Any, tokens: Sequence[int]) -> None:
+    """Dense prefill of ``tokens`` (reusing the prefix already held) with a progress line per 10%: a 32k
+    prefill takes half an hour on a 2-core machine. The last token is decoded on its own, so the logits
+    are those after ``tokens``."""
+    from .summarize import prefill_with_progress
+
+    model.set_radar(DENSE)
+    t0, last = time.perf_counter(), [-1]
+
+    def report(done: int, total: int) -> None:
+        if 10 * done // total > last[0]:
+            last[0] = 10 * done // total
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log(f"# prefill {done}/{total} tokens ({100 * done // total}%, {rate:.0f} tok/s)")
+
+    prefill_with_progress(model, list(tokens), report, piece=2048)
+    model.prefill(tokens)
+
+
 def prefill_cached(model: Any, tokens: Sequence[int], cache_dir: Optional[Path]) -> str:
     """Make the context hold ``tokens`` (dense prefill), loading/saving a llama state file under
     ``cache_dir`` (None: no disk cache). Returns how it got there: 'held', 'disk' or 'prefill'."""
@@ -207,19 +226,7 @@ def prefill_cached(model: Any, tokens: Sequence[int], cache_dir: Optional[Path])
             return "disk"
         log(f"# cached state {path} unusable; prefilling")
         model.reset()
-    model.set_radar(DENSE)
-    from .summarize import prefill_with_progress
-
-    t0, last = time.perf_counter(), [-1]
-
-    def report(done: int, total: int) -> None:
-        if 10 * done // total > last[0]:  # a line per 10%: a 32k prefill takes many minutes on a laptop
-            last[0] = 10 * done // total
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            log(f"# prefill {done}/{total} tokens ({100 * done // total}%, {rate:.0f} tok/s)")
-
-    prefill_with_progress(model, list(tokens), report, piece=2048)
-    model.prefill(tokens)  # the last token: its logits score the first continuation token
+    prefill_logged(model, tokens)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,8 +366,7 @@ def eval_niah(
             if len(toks) + max_tokens + 2 > model.ctx:
                 raise ValueError(f"prompt of {len(toks)} tokens does not fit --ctx {model.ctx}")
             t0 = time.perf_counter()
-            model.set_radar(DENSE)
-            model.prefill(toks[:q0])
+            prefill_logged(model, toks[:q0])
             progress(
                 f"# {format_size(n)} depth {depth:.0%}: {len(toks)} prompt tokens, doc filled in "
                 f"{time.perf_counter() - t0:.0f} s"

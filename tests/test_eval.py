@@ -79,6 +79,20 @@ def test_prefill_cache_roundtrip(qwen, tmp_path):
     assert abs(token_nll(qwen.logits(), 42) - token_nll(ref, 42)) < 0.05
 
 
+def test_niah_runs_and_top_k_all_answers_as_dense(qwen):
+    from radar_gguf.eval import eval_niah
+
+    lines = []
+    specs = ["dense", f"meanvar:top_k=1000000,{SHORT}"]
+    recs = eval_niah(qwen, [500], [0.5], specs, max_tokens=6, progress=lines.append)
+    dense, exact = recs
+    assert [r["mode"] for r in recs] == specs and dense["needle"] == exact["needle"]
+    assert 450 < dense["prompt_tokens"] < 560 and dense["score"] in (0.0, 1.0)
+    # Radar over every segment decodes the question and the answer exactly as dense: same greedy text
+    assert exact["attended"] is not None and exact["answer"] == dense["answer"]
+    assert any("prompt tokens" in x for x in lines)
+
+
 def test_niah_score():
     assert niah_score("The secret passphrase is **Pineapple**.", "pineapple") == 1.0
     assert niah_score("pineapple", "Pineapple") == 1.0

@@ -317,7 +317,7 @@ def selection_metrics(
 
     ``p: [Hq, n_kv]`` exact attention weights; ``order: [Hq, n_cand]`` candidate segments best first (the
     selection is ``order[:, :top_k]``), or None for the expectation of a uniformly random selection;
-    ``v: [n_kv, Hkv, Dv]`` the value rows (finite; zero where masked), for ``out_err``.
+    ``v: [Hkv, n_kv, Dv]`` the value rows (finite; zero where masked), for ``out_err``.
     """
     hq, n_kv = p.shape
     L, nc, ks = geom.seg_len, geom.n_cand, geom.k_sel
@@ -382,16 +382,17 @@ def _nanmean(x: np.ndarray) -> float:
 
 def output_error(p: np.ndarray, attended: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``[Hq]`` relative L2 error of the attention output over the ``attended`` cells (``[Hq or 1, n_kv]``
-    0/1) against the output over all cells; ``p: [Hq, n_kv]`` exact weights, ``v: [n_kv, Hkv, Dv]``."""
+    0/1) against the output over all cells; ``p: [Hq, n_kv]`` exact weights, ``v: [Hkv, n_kv, Dv]``
+    (one contiguous block per KV head: the products below then copy nothing)."""
     hq = p.shape[0]
-    g = hq // v.shape[1]
+    g = hq // v.shape[0]
     w = p * attended  # [Hq, n_kv]
     err = np.empty(hq)
-    for hk in range(v.shape[1]):
+    for hk in range(v.shape[0]):
         rows = slice(hk * g, (hk + 1) * g)
-        o_dense = p[rows] @ v[:, hk, :]  # [g, Dv]
+        o_dense = p[rows] @ v[hk]  # [g, Dv]
         with np.errstate(invalid="ignore", divide="ignore"):
-            o = (w[rows] @ v[:, hk, :]) / w[rows].sum(axis=1, keepdims=True)
+            o = (w[rows] @ v[hk]) / w[rows].sum(axis=1, keepdims=True)
             err[rows] = np.linalg.norm(o - o_dense, axis=1) / np.linalg.norm(o_dense, axis=1)
     return err
 
@@ -589,7 +590,10 @@ def analyse_step(
         n_kv = k64.shape[0]
         t_valid = int(valid.sum())
         p = exact_probs(cap.q, k64, cap.mask, cap.scale, cap.softcap, cap.max_bias)
-        v64 = np.where(valid[:, None, None], cap.v.astype(np.float64), 0.0)  # unused cells may hold NaN
+        # [Hkv, n_kv, Dv], transposed once per layer rather than sliced per method; unused cells may hold NaN
+        v64 = np.ascontiguousarray(
+            np.where(valid[:, None, None], cap.v.astype(np.float64), 0.0).transpose(1, 0, 2)
+        )
         g = cap.q.shape[0] // cap.k.shape[1]
         if check:
             res["check"][il] = kernel_check(cap, k64, valid, cache)

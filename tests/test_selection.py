@@ -206,7 +206,7 @@ def test_capture_metrics_order(captured):
 
 def test_output_error():
     # 10 cells of GEOM, one KV head, value rows e_0..e_9 scaled so that the output is easy to write down
-    v = np.eye(10)[:, None, :]  # [n_kv, 1, 10]: the output is the weight vector itself
+    v = np.eye(10)[None]  # [1, n_kv, 10]: the output is the weight vector itself
     always = [0, 8, 9]
     every = sel.selection_metrics(
         P, np.array([[2, 1, 3, 0]]), sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=4), v
@@ -218,7 +218,7 @@ def test_output_error():
     w /= w.sum()
     assert m["out_err"][0] == pytest.approx(np.linalg.norm(w - P[0]) / np.linalg.norm(P[0]))
     # heavy but constant value rows do not move the output: dropping them costs mass, not output
-    v_const = np.ones((10, 1, 3))
+    v_const = np.ones((1, 10, 3))
     assert sel.selection_metrics(P, np.array([[3, 2, 1, 0]]), GEOM, v_const)["out_err"][0] == pytest.approx(
         0.0
     )

@@ -254,3 +254,24 @@ def test_pool_cli(tmp_path, capsys):
         main(["pool", str(f), "--context", "32k"])  # nothing recorded there
     assert e.value.code == 2
     assert "no Radar records" in capsys.readouterr().err
+
+
+def test_dense_reference_cached_for_later_runs(qwen, tmp_path):
+    """A sweep without dense (``--no-dense``) gets its deltas and paired SE from the dense NLLs an earlier
+    run cached; without that cache it has none, and a corrupt cache file is reported, not fatal."""
+    sparse = f"meanvar:token_budget=16,n_recent=0,{SHORT}"
+    quiet = lambda s: None  # noqa: E731
+    first = {r["mode"]: r for r in eval_ppl(qwen, qwen.toks, N, M, ["dense", sparse], tmp_path, quiet)}
+    assert list(tmp_path.glob(f"*.dense-{N}-{M}.json"))
+    lines: list[str] = []
+    (later,) = eval_ppl(qwen, qwen.toks, N, M, [sparse], tmp_path, lines.append)
+    assert later["delta_pct"] == pytest.approx(first[sparse]["delta_pct"], abs=1e-9)
+    assert later["delta_se_pct"] == pytest.approx(first[sparse]["delta_se_pct"], abs=1e-9)
+    assert any("dense reference from" in x for x in lines)
+    # other scored tokens (one fewer): no reference, no delta
+    (other,) = eval_ppl(qwen, qwen.toks, N, M - 1, [sparse], tmp_path, quiet)
+    assert other["delta_pct"] is None
+    next(tmp_path.glob(f"*.dense-{N}-{M}.json")).write_text("{not json")
+    lines.clear()
+    (bad,) = eval_ppl(qwen, qwen.toks, N, M, [sparse], tmp_path, lines.append)
+    assert bad["delta_pct"] is None and any("unreadable" in x for x in lines)

@@ -250,12 +250,23 @@ def dense_ref_path(
     return cache_dir / f"{_cache_key(model, tokens[: n_ctx + n_score])}.dense-{n_ctx}-{n_score}.json"
 
 
+def _read_dense_ref(path: Path, progress: Callable[[str], None]) -> Optional[list]:
+    try:
+        nll = [float(x) for x in json.loads(path.read_text())["nll"]]
+        if not nll:
+            raise ValueError("no tokens")
+        return nll
+    except (OSError, ValueError, KeyError, TypeError):
+        progress(f"# cached dense reference {path} unreadable; deltas left out")
+        return None
+
+
 def _write_dense_ref(path: Path, nll: Sequence[float], progress: Callable[[str], None]) -> None:
+    from .models import _write_json_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"nll": list(nll)}))
-        tmp.replace(path)
+        _write_json_atomic(path, {"nll": list(nll)})
     except OSError as e:
         progress(f"# could not cache the dense reference: {e}")
 
@@ -279,13 +290,10 @@ def eval_ppl(
     dense_nll: Optional[list] = None
     ref = dense_ref_path(model, tokens, n_ctx, n_score, cache_dir)
     if "dense" not in specs and ref is not None and ref.exists():
-        try:
-            dense_nll = [float(x) for x in json.loads(ref.read_text())["nll"]]
+        dense_nll = _read_dense_ref(ref, progress)
+        if dense_nll is not None:
             dense_ppl = math.exp(sum(dense_nll) / len(dense_nll))
             progress(f"# dense reference from {ref} (ppl {dense_ppl:.3f})")
-        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-            dense_nll = dense_ppl = None
-            progress(f"# cached dense reference {ref} unreadable; deltas left out")
     order = sorted(specs, key=lambda s: s != "dense")  # dense first: the reference for deltas
     for spec in order:
         cfg = parse_config(spec)

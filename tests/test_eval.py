@@ -79,18 +79,22 @@ def test_prefill_cache_roundtrip(qwen, tmp_path):
     assert abs(token_nll(qwen.logits(), 42) - token_nll(ref, 42)) < 0.05
 
 
-def test_niah_runs_and_top_k_all_answers_as_dense(qwen):
+def test_niah_runs_and_top_k_all_answers_as_dense(qwen, tmp_path):
     from radar_gguf.eval import eval_niah
 
     lines = []
     specs = ["dense", f"meanvar:top_k=1000000,{SHORT}"]
-    recs = eval_niah(qwen, [500], [0.5], specs, max_tokens=6, progress=lines.append)
+    recs = eval_niah(qwen, [500], [0.5], specs, max_tokens=6, cache_dir=tmp_path, progress=lines.append)
     dense, exact = recs
     assert [r["mode"] for r in recs] == specs and dense["needle"] == exact["needle"]
     assert 450 < dense["prompt_tokens"] < 560 and dense["score"] in (0.0, 1.0)
     # Radar over every segment decodes the question and the answer exactly as dense: same greedy text
     assert exact["attended"] is not None and exact["answer"] == dense["answer"]
-    assert any("prompt tokens" in x for x in lines)
+    assert any("prompt tokens" in x and "(prefill)" in x for x in lines)
+    # a second run on the same cell loads the cached document and answers the same
+    qwen.reset()
+    again = eval_niah(qwen, [500], [0.5], ["dense"], max_tokens=6, cache_dir=tmp_path, progress=lines.append)
+    assert "(disk)" in lines[-2] and again[0]["answer"] == dense["answer"]
 
 
 def test_niah_score():

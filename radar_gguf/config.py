@@ -24,7 +24,10 @@ class RadarConfig:
         token_budget: tokens selected per step when ``top_k`` is 0.
         n_sink: leading tokens always attended (attention sinks).
         n_recent: trailing tokens always attended (rounded up to whole segments).
-        aspect: segment length is ``max(seg_len_min, sqrt(t) / aspect)`` for t cached tokens.
+        aspect: segment length is ``max(seg_len_min, sqrt(t) / aspect)`` for t cached tokens. The
+            default 8 (L = 22 at 32k, 45 at 128k) was chosen by measurement over 2 (the paper's
+            shape): better perplexity and needle retrieval at 32k for about 5% of GPU decode speed
+            (docs/quality.md, docs/performance.md, seventh session).
         seg_len_min: smallest segment length.
         dense_below: decode stays dense (exact) while the context holds fewer tokens; -1 (default)
             picks it by where the KV cache lives: 4096 on the CPU, 16384 on a GPU (measured
@@ -40,7 +43,7 @@ class RadarConfig:
     token_budget: int = 1024
     n_sink: int = 1
     n_recent: int = 32
-    aspect: float = 2.0
+    aspect: float = 8.0
     seg_len_min: int = 16
     dense_below: int = -1
     seed: int = 1234

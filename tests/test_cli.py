@@ -7,11 +7,12 @@ from conftest import run_cli
 
 
 def test_library_is_our_build():
-    from radar_gguf import __version__, _lib
+    from radar_gguf import RadarConfig, __version__, _lib
 
     info = _lib.build_info()
     assert info.startswith(f"radar_gguf {__version__}; llama-cpp-python 0.3.36; ggml ")
-    assert _lib.radar_defaults().score == "meanvar"
+    # the library's defaults (LLAMA_RADAR=1 in llama-bench / llama-cli) are the Python API's
+    assert _lib.radar_defaults() == RadarConfig()
 
 
 def test_prompt_answers_and_is_deterministic(model_path):

@@ -143,13 +143,13 @@ def test_parse_method_and_bytes():
     dense = sel.kv_bytes_per_step(None, **shape)
     assert dense["kv"] == 24 * 2 * 16384 * 128 * 2
     mv = sel.kv_bytes_per_step(
-        parse_config("meanvar"), **shape
+        parse_config("meanvar:aspect=2"), **shape
     )  # L 64, 256 segments, top-16, 7 heads a group
     assert (
         mv["cells_per_kv_head"] == 1 + 64 + 7 * 16 * 64
     )  # sink + recent segment (no tail) + 7 disjoint top-16
     assert mv["summaries"] == 24 * 2 * 256 * 129 * 4
-    sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true"), **shape)
+    sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true,aspect=2"), **shape)
     assert sh["cells_per_kv_head"] == 1 + 64 + 16 * 64 and sh["kv"] < mv["kv"] < dense["kv"]
 
 

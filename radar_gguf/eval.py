@@ -399,8 +399,8 @@ def eval_niah(
     progress: Callable[[str], None] = log,
 ) -> list[dict]:
     """One record per (length, depth, spec): answer text and exact-match score. The document part of each
-    prompt is prefilled densely once, and cached under ``cache_dir`` when given (a 32k cell is over an
-    hour of prefill on a 2-core CPU; a later run of other configs on the same cell reuses it)."""
+    prompt is prefilled densely once, and cached under ``cache_dir`` when given (a 32k cell is 20-75 min of
+    prefill on a 2-core CPU; a later run of other configs on the same cell reuses it)."""
     rng = random.Random(seed)
     out = []
     for n in lengths:
@@ -504,6 +504,17 @@ def device_name() -> str:
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------
+def _add_cache_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
+    )
+    sub.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
+
+
+def _cache_dir(args: argparse.Namespace) -> Optional[Path]:
+    return None if args.no_cache else args.cache_dir
+
+
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m radar_gguf.eval",
@@ -545,10 +556,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PPL_CONFIGS,
         help="dense and Radar config specs NAME[:key=value,...], comma separated (default: %(default)s)",
     )
-    pp.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
-    )
-    pp.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
+    _add_cache_args(pp)
     pp.add_argument(
         "--no-dense",
         action="store_true",
@@ -597,10 +605,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         default=4,
         help="captures checked against the kernel (default: %(default)s)",
     )
-    ps.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
-    )
-    ps.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
+    _add_cache_args(ps)
     ps.add_argument(
         "--out",
         type=Path,
@@ -656,10 +661,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     pn.add_argument("--seed", type=int, default=0, help="needle word choice (default: %(default)s)")
     pn.add_argument("--out", type=Path, default=None, help="merge records into this JSON list")
     pn.add_argument("--plot-dir", type=Path, default=None, help="write quality-niah-<mode>.png heatmaps here")
-    pn.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="prefilled-state cache (default: %(default)s)"
-    )
-    pn.add_argument("--no-cache", action="store_true", help="do not read or write prefilled states on disk")
+    _add_cache_args(pn)
     return p
 
 
@@ -735,7 +737,7 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                 args.stride,
                 capture_cfg,
                 methods,
-                cache_dir=None if args.no_cache else args.cache_dir,
+                cache_dir=_cache_dir(args),
                 check_steps=0 if args.no_check else args.check_steps,
             )
             summ = sel.summarize_steps(run.steps)
@@ -1097,7 +1099,7 @@ def main(argv: Optional[list] = None) -> int:
             log(f"# {model.path.name} on {device}: contexts {args.contexts}, {args.n_score} tokens scored")
             for n in contexts:
                 toks = all_toks[: n + args.n_score]
-                cache = None if args.no_cache else args.cache_dir
+                cache = _cache_dir(args)
                 for r in eval_ppl(model, toks, n, args.n_score, specs, cache):
                     rows.append((n, r))
                     records.append(
@@ -1158,7 +1160,7 @@ def main(argv: Optional[list] = None) -> int:
             feed=args.feed,
             max_tokens=args.max_tokens,
             seed=args.seed,
-            cache_dir=None if args.no_cache else args.cache_dir,
+            cache_dir=_cache_dir(args),
         )
         name = model.path.name
     records = []

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Optional
 
 from . import __version__
-from .config import RadarConfig, RadarStats
+from .config import SUMMARY_TYPES, RadarConfig, RadarStats
 
 
 class LibraryError(ImportError):
@@ -39,6 +39,7 @@ class llama_radar_params(ctypes.Structure):
         ("dense_below", ctypes.c_int32),
         ("seed", ctypes.c_uint32),
         ("shared_gqa", ctypes.c_bool),
+        ("summary_type", ctypes.c_int32),
     ]
 
 
@@ -127,7 +128,7 @@ def radar_defaults() -> RadarConfig:
 
 
 def _from_c(p: llama_radar_params) -> RadarConfig:
-    from .config import SCORES
+    from .config import SCORES, SUMMARY_TYPES
 
     return RadarConfig(
         enabled=bool(p.enabled),
@@ -142,6 +143,7 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
         dense_below=p.dense_below,
         seed=p.seed,
         shared_gqa=bool(p.shared_gqa),
+        summary_type={v: k for k, v in SUMMARY_TYPES.items()}[p.summary_type],
     )
 
 
@@ -159,6 +161,7 @@ def _to_c(cfg: RadarConfig) -> llama_radar_params:
         cfg.dense_below,
         cfg.seed,
         cfg.shared_gqa,
+        SUMMARY_TYPES[cfg.summary_type],
     )
 
 
@@ -169,7 +172,7 @@ def radar_set(ctx: Any, cfg: RadarConfig) -> None:
     rc = lib.llama_radar_set_params(ctx, ctypes.byref(_to_c(cfg)))
     if rc != 0:
         msg = lib.llama_radar_strerror(rc).decode()
-        if -10 < rc < 0:
+        if -20 < rc < 0:  # LLAMA_RADAR_ERR_SCORE ... _SUMMARY_TYPE: one parameter out of range
             raise ValueError(f"Radar parameter rejected by the library: {msg}")
         if rc in (-20, -25):  # LLAMA_RADAR_ERR_UNSUPPORTED, LLAMA_RADAR_ERR_BACKEND
             raise RadarUnavailable(f"Radar is not available for this context: {msg}")

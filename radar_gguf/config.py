@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 SCORES = ("rf", "mean", "meanvar", "minmax", "oracle")  # index = enum llama_radar_score
+SUMMARY_TYPES = {"f32": 0, "f16": 1}  # name -> enum ggml_type
 # dense_below=-1: the library's thresholds (LLAMA_RADAR_DENSE_BELOW_CPU/_GPU in llama.h)
 DENSE_BELOW_CPU = 4096
 DENSE_BELOW_GPU = 16384
@@ -34,6 +35,8 @@ class RadarConfig:
             crossovers, docs/performance.md). ``Model.radar`` reports the value chosen.
         seed: random-feature seed.
         shared_gqa: one selection per KV head (shared by its query heads) instead of per query head.
+        summary_type: storage of the segment summaries, ``"f32"`` or ``"f16"`` (half the bytes the
+            score reads each step; values saturate at +-65504).
     """
 
     enabled: bool = True
@@ -48,6 +51,7 @@ class RadarConfig:
     dense_below: int = -1
     seed: int = 1234
     shared_gqa: bool = False
+    summary_type: str = "f32"
 
     def validate(self) -> RadarConfig:
         """Raise ValueError naming the first parameter out of range; return self."""
@@ -57,6 +61,8 @@ class RadarConfig:
 
         if self.score not in SCORES:
             bad("score", f"must be one of {', '.join(SCORES)}")
+        if self.summary_type not in SUMMARY_TYPES:
+            bad("summary_type", f"must be one of {', '.join(SUMMARY_TYPES)}")
         for name, lo, hi in (
             ("n_feat", 1, 65536),
             ("top_k", 0, 1 << 24),
@@ -104,6 +110,7 @@ class RadarConfig:
             f"radar on above {self.dense_below_text()} tokens: {self.score} score, {sel}, "
             f"{self.n_sink} sink + {self.n_recent} recent, aspect {self.aspect:g}"
             + (", GQA-shared" if self.shared_gqa else "")
+            + (f", {self.summary_type} summaries" if self.summary_type != "f32" else "")
         )
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import SCORES, RadarConfig
+from .config import SCORES, SUMMARY_TYPES, RadarConfig
 from .sizes import argparse_size, format_size
 
 DEFAULT_CTX = "8k"
@@ -82,6 +82,12 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
         help="stay dense below this many tokens (default: -1 = by device, 4k on the CPU, 16k on a GPU)",
     )
     g.add_argument("--radar-shared-gqa", action="store_true", help="one selection per KV head")
+    g.add_argument(
+        "--radar-summary-type",
+        choices=sorted(SUMMARY_TYPES),
+        default=d.summary_type,
+        help="storage of the segment summaries; f16 halves the bytes scored per step (default: %(default)s)",
+    )
 
 
 def radar_from_args(args: argparse.Namespace) -> RadarConfig:
@@ -96,6 +102,7 @@ def radar_from_args(args: argparse.Namespace) -> RadarConfig:
         n_feat=args.radar_features,
         dense_below=args.radar_dense_below,
         shared_gqa=args.radar_shared_gqa,
+        summary_type=args.radar_summary_type,
     ).validate()
 
 

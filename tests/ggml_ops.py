@@ -129,10 +129,11 @@ class Graph:
         ctypes.memmove(dst, src, n)
         return t
 
-    def read(self, t: int, shape: tuple) -> np.ndarray:
+    def read(self, t: int, shape: tuple, type_: int = F32) -> np.ndarray:
         n = self.base.ggml_nbytes(t)
         buf = (ctypes.c_char * n).from_address(self.base.ggml_get_data(t))
-        return np.frombuffer(bytes(buf), dtype=np.float32).reshape(shape).copy()
+        dtype = {F32: np.float32, F16: np.float16}[type_]
+        return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape).astype(np.float32)
 
     def permute(self, t: int, *axes: int) -> int:
         return self.base.ggml_permute(self.ctx, t, *axes)
@@ -179,9 +180,10 @@ def radar_ops(
     max_bias=0.0,
     sinks=None,
     kv_type=F16,
+    s_type=F32,
     threads=2,
 ):
-    """summarize (all complete segments) + radar_attn on one stream.
+    """summarize (all complete segments) + radar_attn on one stream; summaries stored as ``s_type``.
 
     q: [Hq, D]; k: [n_kv, Hkv, D]; v: [n_kv, Hkv, Dv]; mask: [n_kv] float (0 / -inf / finite).
     Returns (out [Hq, Dv], summaries [n_seg, Hkv, W]).
@@ -199,7 +201,7 @@ def radar_ops(
         tk = g.tensor(k.reshape(1, n_kv, hkv, d), kv_type)  # [D, Hkv, n_kv, 1]
         tv = g.tensor(v.reshape(1, n_kv, hkv, dv), kv_type)
         tm = g.tensor(mask.reshape(1, 1, 1, n_kv), F16)  # [n_kv, 1, 1, 1]
-        ts = g.tensor(np.zeros((1, max(n_seg, 1), hkv, w)))  # [W, Hkv, n_seg, 1]
+        ts = g.tensor(np.zeros((1, max(n_seg, 1), hkv, w)), s_type)  # [W, Hkv, n_seg, 1]
         tid = g.tensor(np.arange(max(n_seg, 1)).reshape(1, -1) if n_seg else -np.ones((1, 1)), I32)
         tinfo = g.tensor(np.array([[n_seg, 0]]), I32)
         tom = g.tensor(omega.T) if omega is not None else None  # [D, m]
@@ -226,7 +228,7 @@ def radar_ops(
         if sinks is not None:
             base.ggml_radar_attn_add_sinks(out, g.tensor(sinks))
         g.compute(out)
-        return g.read(out, (hq, dv)), g.read(su, (max(n_seg, 1), hkv, w))[:n_seg]
+        return g.read(out, (hq, dv)), g.read(su, (max(n_seg, 1), hkv, w), s_type)[:n_seg]
 
 
 def flash_attn(q, k, v, mask, *, scale, softcap=0.0, max_bias=0.0, sinks=None, kv_type=F16, threads=2):

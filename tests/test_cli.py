@@ -96,6 +96,7 @@ def test_prompt_longer_than_context(model_path):
         ("--radar-budget", "0", "token_budget"),
         ("--radar-window", "-1", "n_recent"),
         ("--radar-aspect", "0", "aspect"),
+        ("--radar-summary-type", "bf16", "summary-type"),
     ],
 )
 def test_bad_radar_flags_are_usage_errors(flag, value, name):

@@ -125,7 +125,8 @@ def test_config_specs(tmp_path):
     c = parse_config("rf:top_k=64,n_recent=1024,aspect=2.5,shared_gqa=true")
     assert (c.score, c.top_k, c.n_recent, c.aspect, c.shared_gqa) == ("rf", 64, 1024, 2.5, True)
     assert parse_config("oracle") == RadarConfig(score="oracle")
-    for bad in ("nope", "mean:top_k", "mean:bogus=1", "mean:n_recent=-1"):
+    assert parse_config("meanvar:summary_type=f16").summary_type == "f16"
+    for bad in ("nope", "mean:top_k", "mean:bogus=1", "mean:n_recent=-1", "mean:summary_type=f8"):
         with pytest.raises(ValueError):
             parse_config(bad)
     assert split_specs("dense,mean,rf:top_k=64,n_recent=1024,meanvar:token_budget=512") == [

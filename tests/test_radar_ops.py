@@ -197,6 +197,64 @@ def test_all_segments_is_dense(score, kv_type):
     assert np.abs(out - fa).max() < 1e-2
 
 
+def f16_saturated(x):
+    """What an f16 summary holds: the value rounded to f16, clamped to +-65504 instead of inf."""
+    return np.clip(x, -65504, 65504).astype(np.float16).astype(np.float64)
+
+
+@pytest.mark.parametrize("score", [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX])
+@pytest.mark.parametrize("shared", [False, True])
+def test_f16_summaries_match_reference(score, shared):
+    """summary_type f16: the stored summaries are the reference's rounded to f16, the selection is
+    the reference's on those, and it is (nearly always) the selection of f32 summaries."""
+    d = 64
+    q, k, v, mask, used = make_case(31 + score, d, 7)
+    seg_len, scale = 27, d**-0.5
+    n_seg = used // seg_len
+    omega = R.make_omega(d, 4 * d, seed=3) if score == R.SCORE_RF else None
+    kw = dict(seg_len=seg_len, top_k=8, n_sink=4, n_recent=40, score=score, scale=scale, n_seg=n_seg)
+    out, s = radar_ops(q, k, v, mask, omega=omega, shared=shared, s_type=F16, **kw)
+    ref_s = R.summarize(dequant(k, F16), np.isfinite(mask), seg_len, n_seg, score, scale, omega=omega)
+    np.testing.assert_allclose(s, f16_saturated(ref_s), rtol=1e-3, atol=1e-6)
+    ref = reference(
+        q,
+        k,
+        v,
+        mask,
+        s,
+        n_seg,
+        seg_len,
+        8,
+        score,
+        scale,
+        F16,
+        n_sink=4,
+        n_recent=40,
+        omega=omega,
+        shared=shared,
+    )
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+    out32, _ = radar_ops(q, k, v, mask, omega=omega, shared=shared, **kw)
+    same = np.abs(out - out32).max(axis=1) < 2e-3  # per query head
+    assert same.mean() >= 0.9, same
+
+
+def test_f16_summaries_saturate():
+    """Keys whose variance overflows f16: the summary saturates at 65504 (no inf, no NaN score) and
+    that segment is still the one selected."""
+    d, seg_len = 64, 64
+    q, k, v, mask, used = make_case(3, d, 4, n_kv=1024, holes=False)
+    k[3 * seg_len : 4 * seg_len] *= 300.0  # variance ~9e4 in segment 3
+    v[3 * seg_len : 4 * seg_len] = 7.0
+    kw = dict(seg_len=seg_len, top_k=1, n_sink=1, n_recent=64, score=R.SCORE_MEANVAR, scale=d**-0.5)
+    out, s = radar_ops(q, k, v, mask, s_type=F16, **kw)
+    assert np.isfinite(s).all() and s.max() == 65504.0
+    assert np.isfinite(out).all()
+    ref = reference(q, k, v, mask, s, used // seg_len, seg_len, 1, R.SCORE_MEANVAR, d**-0.5, F16, n_recent=64)
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+    assert (out.mean(axis=1) > 3.0).all()  # every head attends the huge keys' segment (values 7)
+
+
 def test_planted_key_found_far_back():
     """A small budget still finds a key that matches the query, 7000 tokens back."""
     rng = np.random.default_rng(1)

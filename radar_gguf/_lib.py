@@ -40,6 +40,7 @@ class llama_radar_params(ctypes.Structure):
         ("seed", ctypes.c_uint32),
         ("shared_gqa", ctypes.c_bool),
         ("summary_type", ctypes.c_int32),
+        ("budget_max_scale", ctypes.c_float),
     ]
 
 
@@ -144,6 +145,7 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
         seed=p.seed,
         shared_gqa=bool(p.shared_gqa),
         summary_type={v: k for k, v in SUMMARY_TYPES.items()}[p.summary_type],
+        budget_max_scale=float(p.budget_max_scale),
     )
 
 
@@ -162,6 +164,7 @@ def _to_c(cfg: RadarConfig) -> llama_radar_params:
         cfg.seed,
         cfg.shared_gqa,
         SUMMARY_TYPES[cfg.summary_type],
+        float(cfg.budget_max_scale),
     )
 
 

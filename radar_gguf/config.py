@@ -37,6 +37,10 @@ class RadarConfig:
         shared_gqa: one selection per KV head (shared by its query heads) instead of per query head.
         summary_type: storage of the segment summaries, ``"f32"`` or ``"f16"`` (half the bytes the
             score reads each step; values saturate at +-65504).
+        budget_max_scale: a model whose KV cache holds only a fraction f of its layers (the global
+            layers of sliding-window models such as Gemma 3, the attention layers of hybrids)
+            selects ``token_budget * min(1/f, budget_max_scale)`` tokens in them: about the bytes a
+            full-attention model reads with ``token_budget``. 1 turns it off (docs/quality.md).
     """
 
     enabled: bool = True
@@ -52,6 +56,7 @@ class RadarConfig:
     seed: int = 1234
     shared_gqa: bool = False
     summary_type: str = "f32"
+    budget_max_scale: float = 4.0
 
     def validate(self) -> RadarConfig:
         """Raise ValueError naming the first parameter out of range; return self."""
@@ -82,6 +87,10 @@ class RadarConfig:
             bad("aspect", "must be a number")
         if not 0.0625 <= float(self.aspect) <= 1024:
             bad("aspect", "must be in [0.0625, 1024]")
+        if isinstance(self.budget_max_scale, bool) or not isinstance(self.budget_max_scale, (int, float)):
+            bad("budget_max_scale", "must be a number")
+        if not 1 <= float(self.budget_max_scale) <= 64:
+            bad("budget_max_scale", "must be in [1, 64]")
         return self
 
     @property

@@ -270,7 +270,8 @@ def test_two_sequences_decode_like_each_alone(model_path, essays_available):
 
 
 def test_gemma3_iswa_exact(essays_available):
-    """Gemma 3: 5 sliding-window layers per global layer; Radar acts on the global layers only."""
+    """Gemma 3: 5 sliding-window layers per global layer; Radar acts on the global layers only, with a
+    budget scaled up there (budget_max_scale)."""
     from radar_gguf.models import gemma3_model_path
 
     path = gemma3_model_path()
@@ -279,7 +280,11 @@ def test_gemma3_iswa_exact(essays_available):
         dense = next_logits(m, t, DENSE)
         exact = next_logits(m, t, EXACT)
         assert m.radar_stats().n_decode_radar > 0
+        sparse = next_logits(m, t, SPARSE.replace(budget_max_scale=1.0))
+        narrow = m.radar_stats().n_attended
         sparse = next_logits(m, t, SPARSE)
-        assert m.radar_stats().n_attended < 1000
+        wide = m.radar_stats().n_attended
+        # 3 global layers of 18: the default budget_max_scale selects 4x the budget in them
+        assert wide < 1000 and wide - narrow == 3 * SPARSE.token_budget
     noise = assert_dense_equal(exact, dense, f32_path_logits(path, t))
     assert np.abs(sparse - dense).mean() > 2 * noise.mean()

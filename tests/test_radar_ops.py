@@ -212,29 +212,14 @@ def test_f16_summaries_match_reference(score, shared):
     seg_len, scale = 27, d**-0.5
     n_seg = used // seg_len
     omega = R.make_omega(d, 4 * d, seed=3) if score == R.SCORE_RF else None
-    kw = dict(seg_len=seg_len, top_k=8, n_sink=4, n_recent=40, score=score, scale=scale, n_seg=n_seg)
-    out, s = radar_ops(q, k, v, mask, omega=omega, shared=shared, s_type=F16, **kw)
+    sel = dict(n_sink=4, n_recent=40, omega=omega, shared=shared)
+    kw = dict(seg_len=seg_len, top_k=8, score=score, scale=scale, n_seg=n_seg, **sel)
+    out, s = radar_ops(q, k, v, mask, s_type=F16, **kw)
     ref_s = R.summarize(dequant(k, F16), np.isfinite(mask), seg_len, n_seg, score, scale, omega=omega)
     np.testing.assert_allclose(s, f16_saturated(ref_s), rtol=1e-3, atol=1e-6)
-    ref = reference(
-        q,
-        k,
-        v,
-        mask,
-        s,
-        n_seg,
-        seg_len,
-        8,
-        score,
-        scale,
-        F16,
-        n_sink=4,
-        n_recent=40,
-        omega=omega,
-        shared=shared,
-    )
+    ref = reference(q, k, v, mask, s, n_seg, seg_len, 8, score, scale, F16, **sel)
     np.testing.assert_allclose(out, ref, atol=2e-3)
-    out32, _ = radar_ops(q, k, v, mask, omega=omega, shared=shared, **kw)
+    out32, _ = radar_ops(q, k, v, mask, **kw)
     same = np.abs(out - out32).max(axis=1) < 2e-3  # per query head
     assert same.mean() >= 0.9, same
 

@@ -35,8 +35,9 @@ class RadarConfig:
             crossovers, docs/performance.md). ``Model.radar`` reports the value chosen.
         seed: random-feature seed.
         shared_gqa: one selection per KV head (shared by its query heads) instead of per query head.
-        summary_type: storage of the segment summaries, ``"f32"`` or ``"f16"`` (half the bytes the
-            score reads each step; values saturate at +-65504).
+        summary_type: storage of the segment summaries, ``"f16"`` (default: half the memory and the
+            bytes the score reads each step of ``"f32"``, values saturate at +-65504; no loss measured,
+            docs/quality.md) or ``"f32"``.
         budget_max_scale: a model whose KV cache holds only a fraction f of its layers (the global
             layers of sliding-window models such as Gemma 3, the attention layers of hybrids)
             selects ``token_budget * min(1/f, budget_max_scale)`` tokens in them: about the bytes a
@@ -55,7 +56,7 @@ class RadarConfig:
     dense_below: int = -1
     seed: int = 1234
     shared_gqa: bool = False
-    summary_type: str = "f32"
+    summary_type: str = "f16"
     budget_max_scale: float = 4.0
 
     def validate(self) -> RadarConfig:
@@ -119,7 +120,7 @@ class RadarConfig:
             f"radar on above {self.dense_below_text()} tokens: {self.score} score, {sel}, "
             f"{self.n_sink} sink + {self.n_recent} recent, aspect {self.aspect:g}"
             + (", GQA-shared" if self.shared_gqa else "")
-            + (f", {self.summary_type} summaries" if self.summary_type != "f32" else "")
+            + (f", {self.summary_type} summaries" if self.summary_type != "f16" else "")
         )
 
 

@@ -282,7 +282,7 @@ def test_gemma3_iswa_exact(essays_available):
         assert m.radar_stats().n_decode_radar > 0
         sparse = next_logits(m, t, SPARSE.replace(budget_max_scale=1.0))
         narrow = m.radar_stats().n_attended
-        sparse = next_logits(m, t, SPARSE)
+        next_logits(m, t, SPARSE)
         wide = m.radar_stats().n_attended
         # 3 global layers of 18: the default budget_max_scale selects 4x the budget in them
         assert wide < 1000 and wide - narrow == 3 * SPARSE.token_budget

@@ -44,7 +44,10 @@ MAX_TOKENS = 2  # short greedy replies: the session is about the context, not th
 KEEP = 0.25  # a shift keeps a quarter of the context (fewer tokens re-evaluated per shift)
 TOL = 1e-3  # max |dlogit| against a fresh context that made the same prefills
 # Radar on from 256 tokens with 32-token segments and a 256-token budget: sparse for most of the session
-RADAR = RadarConfig(dense_below=256, aspect=1000.0, seg_len_min=32, token_budget=256, n_recent=32)
+# budget_max_scale=1: Gemma (3 global layers of 18) would otherwise attend 4x the budget, all of its 512 cells
+RADAR = RadarConfig(
+    dense_below=256, aspect=1000.0, seg_len_min=32, token_budget=256, n_recent=32, budget_max_scale=1.0
+)
 SYSTEM = "You are a terse assistant. Answer in at most three words."
 
 

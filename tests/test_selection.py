@@ -164,7 +164,8 @@ def captured(model_path, essays_available):
     capture = sel.Capture()
     with sel.eval_callback(capture.c_callback):
         model = radar_gguf.load(model_path, ctx=N + 32, radar=DENSE)
-    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64")
+    # f32 summaries: the check compares the kernel's selection with NumPy's from exact summaries
+    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
     methods = [sel.parse_method(s, cfg) for s in ("meanvar", "oracle", "window", "random", "rf")]
     with model:
         toks = essay_tokens(model, N + 8)

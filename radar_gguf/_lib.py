@@ -129,7 +129,7 @@ def radar_defaults() -> RadarConfig:
 
 
 def _from_c(p: llama_radar_params) -> RadarConfig:
-    from .config import SCORES, SUMMARY_TYPES
+    from .config import SCORES
 
     return RadarConfig(
         enabled=bool(p.enabled),
@@ -175,7 +175,7 @@ def radar_set(ctx: Any, cfg: RadarConfig) -> None:
     rc = lib.llama_radar_set_params(ctx, ctypes.byref(_to_c(cfg)))
     if rc != 0:
         msg = lib.llama_radar_strerror(rc).decode()
-        if -20 < rc < 0:  # LLAMA_RADAR_ERR_SCORE ... _SUMMARY_TYPE: one parameter out of range
+        if -20 < rc < 0:  # LLAMA_RADAR_ERR_SCORE ... _BUDGET_SCALE: one parameter out of range
             raise ValueError(f"Radar parameter rejected by the library: {msg}")
         if rc in (-20, -25):  # LLAMA_RADAR_ERR_UNSUPPORTED, LLAMA_RADAR_ERR_BACKEND
             raise RadarUnavailable(f"Radar is not available for this context: {msg}")

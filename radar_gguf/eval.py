@@ -739,6 +739,7 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                 methods,
                 cache_dir=_cache_dir(args),
                 check_steps=0 if args.no_check else args.check_steps,
+                n_layer=model.info.n_layer or 0,
             )
             summ = sel.summarize_steps(run.steps)
             print(

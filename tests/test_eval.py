@@ -247,6 +247,17 @@ def test_pool_windows():
     # the ppl ratio over all tokens is the geometric mean of the windows' ratios, not their mean
     assert r["delta_pct"] == pytest.approx(100 * (math.sqrt(1.1 * 0.9) - 1))
     assert r["se_pct"] == pytest.approx(math.sqrt(3.0**2 + 4.0**2) / 2)
+    # any M (-m 0): a window scored with 512 tokens weighs twice one of 256
+    recs += [
+        _ppl_rec("dense", 300, 0.0, 0.0, n_scored=512),
+        _ppl_rec("meanvar", 300, 20.0, 2.0, n_scored=512),
+    ]
+    (r,) = pool_windows(recs, 16384, 0)
+    assert (r["n_windows"], r["n_tokens"]) == (3, 1024) and [w[3] for w in r["windows"]] == [256, 256, 512]
+    assert r["delta_pct"] == pytest.approx(100 * ((1.1 * 0.9 * 1.2**2) ** 0.25 - 1))
+    assert r["se_pct"] == pytest.approx(math.sqrt(256**2 * (3.0**2 + 4.0**2) + 512**2 * 2.0**2) / 1024)
+    # offset 0 also has M = 128 records (and no dense one at 128): the 256-token pair counts
+    assert r["windows"][0] == (0, 10.0, 3.0, 256)
 
 
 def test_pool_cli(tmp_path, capsys):
@@ -256,6 +267,10 @@ def test_pool_cli(tmp_path, capsys):
     f.write_text(json.dumps([_ppl_rec("dense", 0, 0.0, 0.0), _ppl_rec("meanvar", 0, 2.0, 1.5)]))
     assert main(["pool", str(f), "--context", "16k"]) == 0
     assert "| meanvar | 1 | 256 | +2.00% ± 1.50 |" in capsys.readouterr().out
+    g = tmp_path / "more.json"  # several files are merged
+    g.write_text(json.dumps([_ppl_rec("dense", 9, 0.0, 0.0), _ppl_rec("meanvar", 9, 2.0, 1.5)]))
+    assert main(["pool", str(f), str(g), "--context", "16k"]) == 0
+    assert "| meanvar | 2 | 512 | +2.00% ± 1.06 |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["pool", str(f), "--context", "32k"])  # nothing recorded there
     assert e.value.code == 2

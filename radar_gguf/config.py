@@ -40,8 +40,9 @@ class RadarConfig:
             docs/quality.md) or ``"f32"``.
         budget_max_scale: a model whose KV cache holds only a fraction f of its layers (the global
             layers of sliding-window models such as Gemma 3, the attention layers of hybrids)
-            selects ``token_budget * min(1/f, budget_max_scale)`` tokens in them: about the bytes a
-            full-attention model reads with ``token_budget``. 1 turns it off (docs/quality.md).
+            selects ``token_budget * min(1/f, budget_max_scale)`` tokens in them: the bytes a
+            full-attention model of the same depth reads with ``token_budget`` (Gemma 3: 6x, 6144
+            tokens) up to the cap (default 8). 1 turns it off (docs/quality.md).
     """
 
     enabled: bool = True
@@ -57,7 +58,7 @@ class RadarConfig:
     seed: int = 1234
     shared_gqa: bool = False
     summary_type: str = "f16"
-    budget_max_scale: float = 4.0
+    budget_max_scale: float = 8.0
 
     def validate(self) -> RadarConfig:
         """Raise ValueError naming the first parameter out of range; return self."""

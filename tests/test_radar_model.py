@@ -284,7 +284,7 @@ def test_gemma3_iswa_exact(essays_available):
         narrow = m.radar_stats().n_attended
         next_logits(m, t, SPARSE)
         wide = m.radar_stats().n_attended
-        # 3 global layers of 18: the default budget_max_scale selects 4x the budget in them
-        assert wide < 1000 and wide - narrow == 3 * SPARSE.token_budget
+        # 3 global layers of 18: the default budget_max_scale (8) lets them select 18/3 = 6x the budget
+        assert wide < 1200 and wide - narrow == 5 * SPARSE.token_budget
     noise = assert_dense_equal(exact, dense, f32_path_logits(path, t))
     assert np.abs(sparse - dense).mean() > 2 * noise.mean()

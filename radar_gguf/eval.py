@@ -49,6 +49,7 @@ DENSE = RadarConfig(enabled=False)
 DEFAULT_PPL_CONFIGS = "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
 DEFAULT_NIAH_CONFIGS = "dense,meanvar"
 PPL_KEY = ("model", "context", "metric", "mode", "n_scored", "offset")
+NIAH_KEY = ("model", "context", "metric", "mode", "depth", "feed", "needle")
 DEFAULT_CACHE = Path(os.environ.get("RADAR_GGUF_EVAL_CACHE", Path.home() / ".cache" / "radar_gguf" / "eval"))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -662,7 +663,12 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     pn.add_argument(
         "--max-tokens", type=int, default=8, help="answer tokens generated (default: %(default)s)"
     )
-    pn.add_argument("--seed", type=int, default=0, help="needle word choice (default: %(default)s)")
+    pn.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the needle words, drawn in grid order (default: %(default)s)",
+    )
     pn.add_argument("--out", type=Path, default=None, help="merge records into this JSON list")
     pn.add_argument("--plot-dir", type=Path, default=None, help="write quality-niah-<mode>.png heatmaps here")
     _add_cache_args(pn)
@@ -1216,7 +1222,9 @@ def main(argv: Optional[list] = None) -> int:
         print(f"| {spec} | " + " | ".join(cells) + f" | {sum(allv) / len(allv):.2f} |")
     plotted = records
     if args.out:
-        merged = merge_records(args.out, records, ("model", "context", "metric", "mode", "depth", "feed"))
+        # the needle is part of the key: needles are drawn in grid order, so the same cell in another grid is
+        # another prompt, and its records must not replace this one's
+        merged = merge_records(args.out, records, NIAH_KEY)
         print(f"records merged into {args.out}")
         # the heatmaps cover every length recorded for this model and feed, not only this run's
         plotted = [r for r in merged if r.get("model") == records[0]["model"] and r.get("feed") == args.feed]

@@ -18,6 +18,7 @@ from radar_gguf import RadarConfig
 from radar_gguf.corpus import essay_tokens
 from radar_gguf.eval import (
     DENSE,
+    NIAH_KEY,
     build_haystack,
     eval_ppl,
     merge_records,
@@ -142,6 +143,24 @@ def test_config_specs(tmp_path):
     )
     merge_records(out, [{"context": 1, "mode": "a", "value": 3}], key)
     assert sorted((r["mode"], r["value"]) for r in json.loads(out.read_text())) == [("a", 3), ("b", 2)]
+
+    # NIAH: a rerun of a cell replaces it; the same cell with another needle (another grid) is kept
+    cell = {
+        "model": "m",
+        "context": 4096,
+        "metric": "niah_exact",
+        "mode": "dense",
+        "depth": 0.5,
+        "feed": "decode",
+    }
+    niah = tmp_path / "niah.json"
+    merge_records(niah, [{**cell, "needle": "glacier", "value": 0.0}], NIAH_KEY)
+    merge_records(niah, [{**cell, "needle": "glacier", "value": 1.0}], NIAH_KEY)
+    merge_records(niah, [{**cell, "needle": "origami", "value": 1.0}], NIAH_KEY)
+    assert sorted((r["needle"], r["value"]) for r in json.loads(niah.read_text())) == [
+        ("glacier", 1.0),
+        ("origami", 1.0),
+    ]
 
 
 def test_sweep_records_join_ppl_bytes_and_selection():

@@ -49,6 +49,8 @@ DENSE = RadarConfig(enabled=False)
 DEFAULT_PPL_CONFIGS = "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
 DEFAULT_NIAH_CONFIGS = "dense,meanvar"
 PPL_KEY = ("model", "context", "metric", "mode", "n_scored", "offset")
+# the needle is part of a NIAH record's key: needles are drawn in grid order, so the same cell in another grid is
+# another prompt, and its records must not replace this one's
 NIAH_KEY = ("model", "context", "metric", "mode", "depth", "feed", "needle")
 DEFAULT_CACHE = Path(os.environ.get("RADAR_GGUF_EVAL_CACHE", Path.home() / ".cache" / "radar_gguf" / "eval"))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -1222,8 +1224,6 @@ def main(argv: Optional[list] = None) -> int:
         print(f"| {spec} | " + " | ".join(cells) + f" | {sum(allv) / len(allv):.2f} |")
     plotted = records
     if args.out:
-        # the needle is part of the key: needles are drawn in grid order, so the same cell in another grid is
-        # another prompt, and its records must not replace this one's
         merged = merge_records(args.out, records, NIAH_KEY)
         print(f"records merged into {args.out}")
         # the heatmaps cover every length recorded for this model and feed, not only this run's

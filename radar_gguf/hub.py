@@ -1,25 +1,28 @@
-"""Resolve a MODEL argument to local GGUF file(s), downloading from the Hugging Face hub when needed.
+"""Resolve a MODEL argument to local GGUF file(s), downloading them from the Hugging Face hub if needed.
 
-Accepted MODEL specs (what :func:`resolve_model` takes)::
+``huggingface_hub`` does the hub work: listing a repo (``HfApi.model_info``), downloading into the shared
+HF cache (``hf_hub_download``: ``HF_HOME``/``HF_HUB_CACHE``, ``HF_TOKEN``, ``HF_ENDPOINT``, resume, progress
+bars), finding cached snapshots offline (``snapshot_download(local_files_only=True)``) and its error classes.
+This module adds what it lacks for GGUF models, as ``llama-cli -hf`` and ``ollama run hf.co/...`` users
+expect them:
 
-    ./models/llama-3.2-1b-Q4_K_M.gguf      a local file (or a directory holding exactly one GGUF model)
-    user/repo:Q4_K_M                       the GGUF in ``user/repo`` whose filename carries the quant tag
-                                           (case-insensitive, like ``ollama run hf.co/user/repo:Q4_K_M``
-                                           and ``llama-cli -hf user/repo:Q4_K_M``)
-    user/repo/file.gguf                    one file of the repo, possibly in a subfolder: user/repo/sub/f.gguf
-    user/repo                              the repo's only GGUF model (a split model counts as one)
-    ...@revision                           a branch, tag or commit: user/repo:Q4_K_M@v1.0, user/repo/f.gguf@<sha>
-    hf://user/repo..., https://huggingface.co/user/repo[/resolve/<rev>/<file>.gguf]   also understood
+* MODEL specs: a local path, ``user/repo:QUANT`` (the GGUF whose name carries that quant tag, any case),
+  ``user/repo/[sub/]file.gguf``, ``user/repo`` (its only GGUF model), each with an optional ``@revision``;
+  ``hf://`` and ``https://huggingface.co/...`` forms are understood too;
+* the choice of the GGUF file, with messages that list the specs there are (ambiguous, quant not found...);
+* split GGUFs (``name-00001-of-00003.gguf``...): every shard, in order, in one directory (llama.cpp loads
+  shard 1 and finds the others by name next to it); an incomplete set is refused;
+* the sha256 of every downloaded file checked against what the hub announced (huggingface_hub only checks
+  sizes): a mismatch is refused and the file removed from the cache;
+* filenames that could escape the download directory refused before anything is written;
+* offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable, the spec resolved among the cached files;
+* typed errors (:class:`HubError`, a RuntimeError) whose one message names the cause and the fix.
 
-Split GGUFs (``name-00001-of-00003.gguf`` ...) resolve to all their shards, in order, in one directory:
-llama.cpp loads shard 1 and finds the others by name next to it.
+``huggingface_hub`` is imported only for hub specs: without it, those raise :class:`MissingDependencyError`.
 
-Downloads go through ``huggingface_hub`` (imported lazily, only for hub specs), so the shared HF cache
-(``HF_HOME`` / ``HF_HUB_CACHE``), ``HF_TOKEN``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ETag checks, retries with
-HTTP Range resume and tqdm progress bars all behave as in the rest of the HF ecosystem. All files of one
-resolution are fetched at the same commit, so they land in the same ``snapshots/<commit>/`` directory.
-With ``HF_HUB_OFFLINE=1`` (or when the hub cannot be reached) the spec is resolved from the cache alone,
-without any network request; in that mode only the GGUF files already in the cache are candidates.
+Why this module is over 600 lines: the spec grammar, the file choice with its messages and the typed errors
+are one concept (a MODEL argument to files) and each piece is small; split apart they would only import
+each other.
 """
 
 from __future__ import annotations
@@ -61,13 +64,13 @@ DEFAULT_REVISION = "main"
 _PathLike = Union[str, "os.PathLike[str]", None]
 _SpecWriter = Callable[..., str]  # spec_of(quant=..., filename=...) -> "user/repo:QUANT" etc.
 
-# --------------------------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------------------------
+# ---- Errors ------------------------------------------------------------------------------------------------
 
 
-class HubError(Exception):
-    """Base class: a MODEL spec could not be resolved to local GGUF file(s). The message names cause and fix."""
+class HubError(RuntimeError):
+    """A MODEL spec could not be resolved to local GGUF file(s); the message names the cause and the fix.
+
+    A RuntimeError, so that programs (and our CLIs) that report runtime errors as one line report it so."""
 
 
 class InvalidModelSpecError(HubError, ValueError):
@@ -139,12 +142,10 @@ class HubConnectionError(HubError):
 
 
 class DownloadError(HubError):
-    """A download started but failed (network error, size mismatch...)."""
+    """A download started but failed (network error, size or sha256 mismatch...)."""
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Spec parsing
-# --------------------------------------------------------------------------------------------------------------
+# ---- Spec parsing ------------------------------------------------------------------------------------------
 
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 _REPO_RE = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?P<rest>.*)", re.DOTALL)
@@ -155,8 +156,6 @@ _HF_URL_RE = re.compile(
     re.IGNORECASE,
 )
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<idx>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _QUANT_LABEL_RE = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d+(?:_[A-Za-z0-9]+)*|TQ\d_\d|B?F16|F32|MXFP4(?:_MOE)?))(?![A-Za-z0-9])",
     re.IGNORECASE,
@@ -230,26 +229,18 @@ def is_local_path(spec: str) -> bool:
 
 def _check_relative_filename(name: str, *, source: str) -> str:
     """Refuse names that could escape a directory (``..``, absolute paths, backslashes, drive letters)."""
-    problem = None
-    if not name:
-        problem = "it is empty"
-    elif "\x00" in name:
-        problem = "it contains a NUL byte"
-    elif name.startswith("/") or _WINDOWS_DRIVE_RE.match(name) or name.startswith("\\"):
-        problem = "it is an absolute path"
-    elif "\\" in name:
-        problem = "it contains a backslash"
-    else:
-        parts = name.split("/")
-        if any(part in ("..", ".") for part in parts):
-            problem = "it contains a '..' or '.' path component"
-        elif any(part == "" for part in parts):
-            problem = "it contains an empty path component"
-    if problem:
+    if (
+        not name
+        or "\x00" in name
+        or "\\" in name
+        or name.startswith("/")
+        or _WINDOWS_DRIVE_RE.match(name)
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
         raise UnsafeFilenameError(
-            f"Refusing filename {name!r} from {source}: {problem}, so it could be written outside the download "
-            "directory (path traversal). If the hub endpoint is a mirror (HF_ENDPOINT), check that it is "
-            "trustworthy; otherwise name the file explicitly with user/repo/<path/inside/repo>.gguf."
+            f"Refusing filename {name!r} from {source}: it could be written outside the download directory "
+            "(path traversal). If the hub endpoint is a mirror (HF_ENDPOINT), check that it is trustworthy; "
+            "otherwise name the file explicitly with user/repo/<path/inside/repo>.gguf."
         )
     return name
 
@@ -290,9 +281,6 @@ def parse_model_spec(spec: str) -> HubSpec:
             f"Accepted forms:\n{_ACCEPTED_FORMS}"
         )
     repo_id, rest = m.group("repo"), m.group("rest")
-    if repo_id.endswith((".", "-")) or ".." in repo_id or "--" in repo_id:
-        raise InvalidModelSpecError(f"{repo_id!r} in MODEL {spec!r} is not a valid Hugging Face repo id.")
-
     if not rest:
         return HubSpec(repo_id)
 
@@ -320,9 +308,7 @@ def parse_model_spec(spec: str) -> HubSpec:
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Choosing GGUF files among a listing (shared by hub listings, the offline cache and local directories)
-# --------------------------------------------------------------------------------------------------------------
+# ---- Choosing the GGUF model (in hub listings, the offline cache, local directories) -----------------------
 
 
 @dataclass(frozen=True)
@@ -438,16 +424,9 @@ def _select(
         return model
 
     if filename is not None:
-        wanted = filename
-        by_name = {name: model for model in models for name in model.files}
-        if wanted not in by_name:
-            folded = {name.lower(): name for name in by_name}
-            wanted = folded.get(filename.lower(), filename)
-        if wanted in by_name:
-            return complete(by_name[wanted])
-        for model in models:
-            if filename in model.missing:
-                return complete(model)
+        by_name = {name.lower(): model for model in models for name in model.files + model.missing}
+        if filename.lower() in by_name:
+            return complete(by_name[filename.lower()])
         available = [m.describe() for m in models]
         raise GGUFFileNotFoundError(
             f"{filename!r} is not in {where}."
@@ -457,15 +436,9 @@ def _select(
         )
 
     if not llm_models:
-        others = sorted({str(name) for name in filenames})
+        others = [m.first for m in models] or sorted(filenames)
         detail = (
-            f"It only has auxiliary GGUF files (vision projectors / imatrix): {', '.join(m.first for m in models)}."
-            if models
-            else (
-                f"Its files are: {', '.join(others[:20])}{' ...' if len(others) > 20 else ''}."
-                if others
-                else "It is empty."
-            )
+            f"Its files are: {', '.join(others[:20])}{' ...' if len(others) > 20 else ''}." if others else ""
         )
         raise NoGGUFError(
             f"No GGUF model in {where}. {detail}\nFix: use a repo that ships .gguf files (their names usually end "
@@ -509,53 +482,35 @@ def _select(
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Local paths
-# --------------------------------------------------------------------------------------------------------------
+# ---- Local paths -------------------------------------------------------------------------------------------
 
 
 def _resolve_local(spec: str) -> list[Path]:
     path = Path(os.path.expanduser(spec)).absolute()
-    if path.is_dir():
-        names = sorted(p.name for p in path.iterdir() if p.is_file() and _looks_like_gguf(p.name))
-
-        def spec_of(quant: Optional[str] = None, filename: Optional[str] = None) -> str:
-            return str(path / filename) if filename else f"{path}{os.sep}<file>.gguf"
-
-        model = _select(
-            names,
-            quant=None,
-            filename=None,
-            spec_of=spec_of,
-            where=f"the directory {path}",
-            quant_syntax=False,
-            incomplete_fix="Fix: copy the missing shards into the same directory (llama.cpp finds them by name).",
-        )
-        return [path / name for name in model.files]
     if not path.exists():
         raise LocalModelNotFoundError(
             f"No such file: {path}. Fix: check the path, or give a Hugging Face model as user/repo:QUANT, "
             "user/repo/file.gguf or user/repo."
         )
-    m = _SHARD_RE.match(path.name)
-    if not m:
+    if path.is_file() and not _SHARD_RE.match(path.name):
         return [path]
-    total = int(m.group("total"))
-    shards = [path.with_name(f"{m.group('prefix')}-{i:05d}-of-{total:05d}.gguf") for i in range(1, total + 1)]
-    missing = [p.name for p in shards if not p.exists()]
-    if missing:
-        raise IncompleteSplitError(
-            f"{path.name} is shard {int(m.group('idx'))} of a split GGUF of {total} files, but {len(missing)} "
-            f"shard(s) are missing from {path.parent}:\n{_bullets(missing)}\nFix: put all shards in the same "
-            "directory (llama.cpp loads shard 1 and finds the others by name).",
-            missing,
-        )
-    return shards
+    folder = (
+        path if path.is_dir() else path.parent
+    )  # a directory holding one model, or a shard of a split one
+    model = _select(
+        sorted(p.name for p in folder.iterdir() if p.is_file() and _looks_like_gguf(p.name)),
+        quant=None,
+        filename=None if path.is_dir() else path.name,
+        spec_of=lambda quant=None, filename=None: str(folder / (filename or "<file>.gguf")),
+        where=f"the directory {folder}",
+        quant_syntax=False,
+        incomplete_fix="Fix: put all shards in the same directory (llama.cpp loads shard 1 and finds the others "
+        "by name).",
+    )
+    return [folder / name for name in model.files]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Hub
-# --------------------------------------------------------------------------------------------------------------
+# ---- Hub ---------------------------------------------------------------------------------------------------
 
 
 def _import_hf() -> Any:
@@ -571,105 +526,44 @@ def _import_hf() -> Any:
     return huggingface_hub
 
 
-def _hf_offline(hf: Any) -> bool:
-    is_offline = getattr(hf.constants, "is_offline_mode", None)
-    if callable(is_offline) and is_offline():
-        return True
-    if getattr(hf.constants, "HF_HUB_OFFLINE", False):
-        return True
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+# network-level failures (no HTTP answer) of requests / httpx / httpx2, whichever huggingface_hub uses
+_CONNECTION_ERRORS = {"ConnectionError", "ConnectError", "TimeoutException", "Timeout", "NetworkError"}
 
 
-def _storage_folder(hf: Any, repo_id: str, cache_dir: _PathLike) -> Path:
-    root = Path(cache_dir) if cache_dir is not None else Path(hf.constants.HF_HUB_CACHE)
-    return root / ("models--" + repo_id.replace("/", "--"))
+def _unanswered(hf: Any, e: Exception) -> bool:
+    """The hub gave no usable answer (offline mode, no connection, timeout, 429, 5xx): the cache may serve."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, hf.utils.HfHubHTTPError):
+        return status is None or status == 429 or status >= 500
+    return any(cls.__name__ in _CONNECTION_ERRORS for cls in type(e).__mro__)  # OfflineModeIsEnabled too
 
 
-def _verify_download(path: Path, name: str, where: str) -> None:
-    """Check a freshly downloaded LFS file against the sha256 the hub announced for it.
-
-    huggingface_hub names the cache blob after the file's ETag, which for LFS files is the sha256 of
-    their content (``X-Linked-Etag``), and checks the size but not the content. A mismatch (a mirror or
-    redirect target serving other bytes, a proxy rewriting them, a disk error) removes the file from
-    the cache and raises DownloadError. Files whose blob is not named by a sha256 (git-stored files,
-    a cache without symlinks) are left as they are.
-    """
-    if not path.is_symlink():
-        return
-    blob = path.resolve()
-    if not _SHA256_RE.match(blob.name):
-        return
-    h = hashlib.sha256()
-    with open(blob, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() == blob.name:
-        return
-    for p in (path, blob):
-        with contextlib.suppress(OSError):
-            p.unlink()
-    raise DownloadError(
-        f"Downloading {name} from {where}: the bytes received do not match the sha256 the hub announced "
-        f"({blob.name[:16]}..., received {h.hexdigest()[:16]}...); the file was removed from the cache.\n"
-        "Fix: run the same command again; if it repeats, something between you and the hub (a proxy or "
-        "mirror, HF_ENDPOINT) alters the file."
-    )
-
-
-def _cached_snapshot(hf: Any, repo_id: str, revision: str, cache_dir: _PathLike) -> Optional[Path]:
-    """The cached snapshot directory for ``revision`` (branch/tag via ``refs/``, or a commit), if any."""
-    storage = _storage_folder(hf, repo_id, cache_dir)
-    commit = revision if _COMMIT_RE.match(revision) else None
-    if commit is None:
-        try:
-            ref = storage / "refs" / revision
-            if ref.is_file():
-                commit = ref.read_text().strip()
-        except (OSError, ValueError):
-            return None
-    if not commit or not _COMMIT_RE.match(commit):
-        return None
-    snapshot = storage / "snapshots" / commit
-    return snapshot if snapshot.is_dir() else None
-
-
-def _cached_ggufs(snapshot: Path) -> list[str]:
-    """Relative posix paths of the GGUF files present (with their blob) in a cached snapshot."""
-    names = []
-    for path in snapshot.rglob("*"):
-        if _looks_like_gguf(path.name) and path.is_file():  # is_file() follows the symlink: blob must exist
-            names.append(path.relative_to(snapshot).as_posix())
-    return sorted(names)
-
-
-def _write_ref(storage: Path, revision: str, commit: str) -> None:
-    """Record ``refs/<revision> = commit`` like huggingface_hub does, so offline mode finds the snapshot."""
-    if _COMMIT_RE.match(revision):
-        return
-    ref = storage / "refs" / revision
-    try:
-        if ref.is_file() and ref.read_text() == commit:
-            return
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f"{ref.name}.{os.getpid()}.tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, ref)
-    except OSError:  # read-only cache: the download itself succeeded, offline lookups just won't find it
-        pass
-
-
-@contextlib.contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
-    from huggingface_hub import utils
-
-    if enabled or utils.are_progress_bars_disabled():
-        yield
-        return
-    utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        utils.enable_progress_bars()
+def _hub_error(hf: Any, e: Exception, parsed: HubSpec) -> Optional[HubError]:
+    """Our error for a huggingface_hub error that answers the request (None for anything else)."""
+    u, repo, endpoint = hf.utils, parsed.repo_id, hf.constants.ENDPOINT
+    rev = parsed.revision or DEFAULT_REVISION
+    token = "set HF_TOKEN=<your access token> (https://huggingface.co/settings/tokens) or run `hf auth login`"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, u.GatedRepoError):
+        return GatedRepoError(
+            f"{repo!r} is a gated repo: downloading its files needs an accepted license and a token. Fix: "
+            f"accept the license at {endpoint}/{repo} while logged in, then {token}."
+        )
+    if isinstance(e, u.RepositoryNotFoundError) or (isinstance(e, u.HfHubHTTPError) and status == 401):
+        return RepoNotFoundError(
+            f"Hugging Face repo {repo!r} was not found at {endpoint} (or it is private/gated and no valid token "
+            f"was sent). Fix: check the spelling of the repo id; if the repo is private or gated, {token}."
+        )
+    if isinstance(e, u.RevisionNotFoundError):
+        return RevisionNotFoundError(
+            f"Revision {rev!r} does not exist in {repo} at {endpoint}. Fix: use an existing branch, tag or "
+            f"commit after '@' (or drop '@{rev}' for the default branch)."
+        )
+    if isinstance(e, u.HFValidationError):
+        return InvalidModelSpecError(f"{parsed.display()!r} is not a valid hub spec: {e}")
+    if isinstance(e, u.HfHubHTTPError) and not _unanswered(hf, e):
+        return HubError(f"The hub at {endpoint} refused {parsed.display()}: {e}")
+    return None
 
 
 def _spec_writer(parsed: HubSpec) -> _SpecWriter:
@@ -679,32 +573,35 @@ def _spec_writer(parsed: HubSpec) -> _SpecWriter:
     return spec_of
 
 
-def _resolve_from_cache(
-    hf: Any,
-    parsed: HubSpec,
-    cache_dir: _PathLike,
-    *,
-    reason: str,
-    error_cls: type[HubError],
-    cause: Optional[BaseException] = None,
-) -> list[Path]:
-    revision = parsed.revision or DEFAULT_REVISION
-    snapshot = _cached_snapshot(hf, parsed.repo_id, revision, cache_dir)
-    fix = (
-        "Fix: unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) and run once with network access to download it, "
-        "or pass the path of a local .gguf file."
-        if error_cls is OfflineCacheMissError
-        else "Fix: check your network connection (and HF_ENDPOINT, proxy settings) and run again, "
-        "or pass the path of a local .gguf file."
-    )
-    cache_root = Path(cache_dir) if cache_dir is not None else Path(hf.constants.HF_HUB_CACHE)
-    if snapshot is None:
-        raise error_cls(
-            f"{reason}, and {parsed.repo_id} (revision {revision}) is not in the local cache "
-            f"({cache_root}). {fix}"
-        ) from cause
-    names = _cached_ggufs(snapshot)
-    try:
+def _resolve_from_cache(hf: Any, parsed: HubSpec, cache_dir: _PathLike, cause: Exception) -> list[Path]:
+    """Resolve the spec among the GGUF files of the cached snapshot of its revision, without any request."""
+    if isinstance(cause, hf.utils.OfflineModeIsEnabled):
+        error_cls: type[HubError] = OfflineCacheMissError
+        reason, fix = (
+            "Offline mode is on (HF_HUB_OFFLINE=1)",
+            "set HF_HUB_OFFLINE=0 and run once with network",
+        )
+    else:
+        error_cls = HubConnectionError
+        reason = f"Cannot reach the hub at {hf.constants.ENDPOINT} ({type(cause).__name__}: {cause})"
+        fix = "check your network connection (and HF_ENDPOINT, proxy settings) and run again"
+    fix = f"Fix: {fix}, or pass the path of a local .gguf file."
+    rev = parsed.revision or DEFAULT_REVISION
+    try:  # allow_patterns=[]: we only want the snapshot folder; the GGUF files it holds are listed below
+        snapshot = Path(
+            hf.snapshot_download(
+                parsed.repo_id, revision=rev, cache_dir=cache_dir, local_files_only=True, allow_patterns=[]
+            )
+        )
+        names = sorted(
+            p.relative_to(snapshot).as_posix()
+            for p in snapshot.rglob("*")
+            if _looks_like_gguf(p.name) and p.is_file()
+        )
+    except hf.utils.LocalEntryNotFoundError:
+        names = []
+    model = None
+    with contextlib.suppress(NoGGUFError, QuantNotFoundError, GGUFFileNotFoundError):
         model = _select(
             names,
             quant=parsed.quant,
@@ -713,142 +610,71 @@ def _resolve_from_cache(
             where=f"the local cache of {parsed.repo_id}",
             incomplete_fix=f"The download did not finish. {fix}",
         )
-    except (NoGGUFError, QuantNotFoundError, GGUFFileNotFoundError) as e:
+    if model is None:
         cached = _choice_specs(_group_ggufs(names), _spec_writer(parsed))
-        have = (
-            f"Cached GGUF models of {parsed.repo_id}:\n{_bullets(cached)}"
-            if cached
-            else f"No GGUF file of {parsed.repo_id} is cached."
-        )
+        have = f" Cached GGUF models of {parsed.repo_id}:\n{_bullets(cached)}\n" if cached else " "
         raise error_cls(
-            f"{reason}, and {parsed.display()} is not in the local cache ({cache_root}). {have}\n{fix}"
-        ) from (cause or e)
+            f"{reason}, and {parsed.display()} is not in the local cache "
+            f"({cache_dir or hf.constants.HF_HUB_CACHE}).{have}{fix}"
+        ) from cause
     return [snapshot / name for name in model.files]
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    """Network-level failures (no HTTP answer): DNS, refused connection, timeouts, proxies."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(
-        names
-        & {
-            "ConnectError",
-            "ConnectTimeout",
-            "TimeoutException",
-            "NetworkError",
-            "TransportError",
-            "ConnectionError",
-            "Timeout",
-            "ProxyError",
-        }
+def _check_sha256(path: Path, sha256: Optional[str], name: str, where: str) -> None:
+    """Check a freshly downloaded file against the sha256 the hub listed for it (LFS files; GGUF files on the
+    hub are); on a mismatch remove it (the snapshot entry and the blob it points to) and raise."""
+    if not sha256:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() == sha256:
+        return
+    for p in {path.resolve(), path}:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    raise DownloadError(
+        f"Downloading {name} from {where}: the bytes received do not match the sha256 the hub announced "
+        f"({sha256[:16]}..., received {h.hexdigest()[:16]}...); the file was removed from the cache. Fix: run "
+        "the same command again; if it repeats, something between you and the hub (proxy, mirror, "
+        "HF_ENDPOINT) alters the file."
     )
+
+
+@contextlib.contextmanager
+def _progress_bars(hf: Any, enabled: bool) -> Iterator[None]:
+    if enabled or hf.utils.are_progress_bars_disabled():
+        yield
+        return
+    hf.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf.utils.enable_progress_bars()
 
 
 def _resolve_hub(parsed: HubSpec, *, progress: bool, cache_dir: _PathLike) -> list[Path]:
     hf = _import_hf()
-    from huggingface_hub.utils import GatedRepoError as HfGatedRepoError
-    from huggingface_hub.utils import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
-    from huggingface_hub.utils import RepositoryNotFoundError as HfRepositoryNotFoundError
-    from huggingface_hub.utils import RevisionNotFoundError as HfRevisionNotFoundError
-
-    endpoint = hf.constants.ENDPOINT
-    revision = parsed.revision or DEFAULT_REVISION
-    token_hint = (
-        "If the repo is private or gated, set HF_TOKEN=<your access token> (create one at "
-        "https://huggingface.co/settings/tokens) or run `hf auth login`; for a gated repo also accept its "
-        f"license at {endpoint}/{parsed.repo_id}."
-    )
-
-    def repo_not_found(e: BaseException) -> RepoNotFoundError:
-        return RepoNotFoundError(
-            f"Hugging Face repo {parsed.repo_id!r} was not found at {endpoint} (or it is private/gated and no valid "
-            f"token was sent). Check the spelling of the repo id. {token_hint}"
-        )
-
-    def gated(e: BaseException) -> GatedRepoError:
-        return GatedRepoError(
-            f"{parsed.repo_id!r} is a gated repo: downloading its files needs an accepted license and a token. "
-            f"Fix: accept the license at {endpoint}/{parsed.repo_id} while logged in, then set HF_TOKEN=<your access "
-            "token> (https://huggingface.co/settings/tokens) or run `hf auth login`."
-        )
-
-    if _hf_offline(hf):
-        return _resolve_from_cache(
-            hf,
-            parsed,
-            cache_dir,
-            reason="Offline mode is on (HF_HUB_OFFLINE=1)",
-            error_cls=OfflineCacheMissError,
-        )
-
-    # 1. list the repo at one commit
-    api = hf.HfApi()
+    where = f"{parsed.repo_id} ({hf.constants.ENDPOINT})"
+    # 1. list the repo, with each file's sha256, at one commit
     try:
-        info = api.model_info(parsed.repo_id, revision=parsed.revision)
-        commit = info.sha
-        siblings = info.siblings
-        if siblings is not None:
-            listing = [s.rfilename for s in siblings]
-        else:
-            listing = list(api.list_repo_files(parsed.repo_id, revision=commit or parsed.revision))
-    except HfGatedRepoError as e:
-        raise gated(e) from e
-    except HfRepositoryNotFoundError as e:
-        raise repo_not_found(e) from e
-    except HfRevisionNotFoundError as e:
-        raise RevisionNotFoundError(
-            f"Revision {revision!r} does not exist in {parsed.repo_id} at {endpoint}. Fix: use an existing branch, "
-            f"tag or commit after '@' (or drop '@{revision}' for the default branch)."
-        ) from e
-    except HFValidationError as e:
-        raise InvalidModelSpecError(f"{parsed.display()!r} is not a valid hub spec: {e}") from e
-    except OfflineModeIsEnabled as e:
-        return _resolve_from_cache(
-            hf,
-            parsed,
-            cache_dir,
-            reason="Offline mode is on (HF_HUB_OFFLINE=1)",
-            error_cls=OfflineCacheMissError,
-            cause=e,
-        )
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status == 401:
-            raise repo_not_found(e) from e
-        if status is not None and status < 500 and status != 429:
-            raise HubError(f"The hub at {endpoint} refused to list {parsed.repo_id}: {e}") from e
-        return _resolve_from_cache(
-            hf,
-            parsed,
-            cache_dir,
-            reason=f"The hub at {endpoint} failed ({status})",
-            error_cls=HubConnectionError,
-            cause=e,
-        )
+        info = hf.HfApi().model_info(parsed.repo_id, revision=parsed.revision, files_metadata=True)
     except Exception as e:
-        if not _is_connection_error(e):
+        if _unanswered(hf, e):
+            return _resolve_from_cache(hf, parsed, cache_dir, e)
+        error = _hub_error(hf, e, parsed)
+        if error is None:
             raise
-        return _resolve_from_cache(
-            hf,
-            parsed,
-            cache_dir,
-            reason=f"Cannot reach the hub at {endpoint} ({type(e).__name__}: {e})",
-            error_cls=HubConnectionError,
-            cause=e,
-        )
+        raise error from e
+    sha256 = {s.rfilename: getattr(s.lfs, "sha256", None) for s in info.siblings or []}
 
-    if not commit or not _COMMIT_RE.match(str(commit)):
-        raise HubError(
-            f"The hub at {endpoint} did not return a commit id for {parsed.repo_id}; it does not look like a "
-            "Hugging Face hub. Fix: check HF_ENDPOINT."
-        )
-
-    # 2. choose the files (refusing unsafe names before anything is written)
-    for name in listing:
+    # 2. choose the files, refusing unsafe names before anything is written
+    for name in sha256:
         if _looks_like_gguf(name):
-            _check_relative_filename(name, source=f"the file list of {parsed.repo_id} served by {endpoint}")
+            _check_relative_filename(name, source=f"the file list of {where}")
     model = _select(
-        listing,
+        list(sha256),
         quant=parsed.quant,
         filename=parsed.filename,
         spec_of=_spec_writer(parsed),
@@ -856,67 +682,50 @@ def _resolve_hub(parsed: HubSpec, *, progress: bool, cache_dir: _PathLike) -> li
         incomplete_fix="The upload of this model is incomplete on the hub. Fix: pick another quant or file.",
     )
 
-    # 3. download every file at the same commit => the same snapshots/<commit>/ directory
-    paths = []
-    snapshot_dir = _storage_folder(hf, parsed.repo_id, cache_dir) / "snapshots" / str(commit)
-    with _progress_bars(progress):
+    # 3. download at the revision asked for (the library records a branch's commit for offline use)
+    paths, revision = [], parsed.revision or DEFAULT_REVISION
+    with _progress_bars(hf, progress):
         for name in model.files:
-            fresh = not (snapshot_dir / name).exists()  # a file already in the cache was checked when it came
+            cached = hf.try_to_load_from_cache(parsed.repo_id, name, cache_dir=cache_dir, revision=info.sha)
             try:
-                local = hf.hf_hub_download(
-                    parsed.repo_id, filename=name, revision=commit, cache_dir=cache_dir
-                )
-            except HfGatedRepoError as e:
-                raise gated(e) from e
-            except HfRepositoryNotFoundError as e:
-                raise repo_not_found(e) from e
-            except HubError:
-                raise
+                path = Path(hf.hf_hub_download(parsed.repo_id, name, revision=revision, cache_dir=cache_dir))
             except Exception as e:
-                if (
-                    isinstance(e, OfflineModeIsEnabled)
-                    or _is_connection_error(e)
-                    or isinstance(e, (HfHubHTTPError, OSError))
-                ):
-                    raise DownloadError(
-                        f"Downloading {name} from {parsed.repo_id} ({endpoint}) failed: {type(e).__name__}: {e}\n"
-                        "Fix: run the same command again (files already downloaded are kept in the cache); check "
-                        "your network connection and free disk space."
-                    ) from e
-                raise
-            if fresh:
-                _verify_download(Path(local), name, f"{parsed.repo_id} ({endpoint})")
-            paths.append(Path(local))
-
-    if len({p.parent for p in paths}) > 1:  # pragma: no cover - guaranteed by downloading at one commit
-        raise HubError(f"The shards of {model.first} were not downloaded into one directory: {paths}")
-    if paths:
-        snapshot = paths[0]
-        for _ in PurePosixPath(model.files[0]).parts:
-            snapshot = snapshot.parent
-        _write_ref(snapshot.parent.parent, revision, str(commit))
+                error = _hub_error(hf, e, parsed)
+                if isinstance(error, RepoNotFoundError):  # a token is needed for the files (gated repos)
+                    raise error from e
+                if error is None and not (_unanswered(hf, e) or isinstance(e, OSError)):
+                    raise
+                raise DownloadError(
+                    f"Downloading {name} from {where} failed: {type(e).__name__}: {e}\nFix: run the same "
+                    "command again (files already downloaded are kept in the cache); check your network "
+                    "connection and free disk space."
+                ) from e
+            if not isinstance(cached, str):  # a file already in the cache was checked when it came
+                _check_sha256(path, sha256.get(name), name, where)
+            paths.append(path)
+    if len({p.parent for p in paths}) > 1:
+        raise DownloadError(
+            f"The shards of {model.first} came from different commits: {where} changed during the download. "
+            "Fix: run the same command again."
+        )
     return paths
 
 
 def resolve_model(
-    spec: str,
-    *,
-    progress: bool = True,
-    cache_dir: _PathLike = None,
+    spec: Union[str, os.PathLike[str]], *, progress: bool = True, cache_dir: _PathLike = None
 ) -> list[Path]:
     """Resolve a MODEL argument to the GGUF file(s) to load, downloading from the Hugging Face hub if needed.
 
     Args:
         spec: a local path, or ``user/repo:QUANT``, ``user/repo/[sub/]file.gguf``, ``user/repo``, each with an
             optional ``@revision`` (see the module docstring).
-        progress: show tqdm progress bars while downloading (``HF_HUB_DISABLE_PROGRESS_BARS=1`` also hides them).
+        progress: show progress bars while downloading (``HF_HUB_DISABLE_PROGRESS_BARS=1`` also hides them).
         cache_dir: HF cache directory; defaults to huggingface_hub's (``HF_HUB_CACHE``, ``$HF_HOME/hub``).
 
     Returns:
-        ``list[pathlib.Path]``: one path, or every shard of a split GGUF in order (shard 1 first), all in the
-        same directory. Hub files are the ``snapshots/<commit>/...`` entries of the HF cache (symlinks to blobs
-        on most systems): pass them as they are, do not resolve the symlinks, since llama.cpp finds the other
-        shards by name next to shard 1.
+        One path, or every shard of a split GGUF in order (shard 1 first), all in the same directory. Hub
+        files are entries of the HF cache's ``snapshots/<commit>/`` (symlinks to blobs on most systems): pass
+        them as they are, since llama.cpp finds the other shards by name next to shard 1.
 
     Raises:
         HubError: a subclass naming the cause and the fix (see ``__all__``).

@@ -5,7 +5,9 @@ list a repo and download files, so tests can point ``HF_ENDPOINT`` at it:
 
 API server (``FakeHub.url``, what ``HF_ENDPOINT`` points to)
   GET /api/models/{repo_id}                        model_info: {"id", "sha", "siblings": [{"rfilename"}]}
-  GET /api/models/{repo_id}/revision/{rev}         same, at a revision (``main`` or the commit sha)
+  GET /api/models/{repo_id}/revision/{rev}         same, at a revision (``main`` or the commit sha); with
+                                                   ``?blobs=true`` each sibling has size, blobId and, for
+                                                   LFS files, ``lfs: {sha256, size, pointerSize}``
   GET /api/models/{repo_id}/tree/{rev}[/{path}]    list_repo_tree / list_repo_files (``?recursive=true``)
   GET /api/agent-harnesses                         an empty registry (huggingface_hub 2.x fetches it)
   HEAD|GET /{repo_id}/resolve/{rev}/{filename}     file metadata / download:
@@ -91,7 +93,6 @@ class FakeHub:
         repos: the repos and their files (at revision ``main``; their commit id is a deterministic fake sha).
         private: ``{repo_id: token}``: the repo answers 401/RepoNotFound unless ``Authorization: Bearer token``.
         gated: ``{repo_id: token}``: listing works, file downloads answer 401/GatedRepo without that token.
-        siblings_in_info: when False, model_info omits ``siblings`` (clients must use the tree endpoint).
 
     Use as a context manager (or call :meth:`start` / :meth:`stop`); :attr:`url` is the ``HF_ENDPOINT`` value.
     """
@@ -102,7 +103,6 @@ class FakeHub:
         *,
         private: Optional[Mapping[str, str]] = None,
         gated: Optional[Mapping[str, str]] = None,
-        siblings_in_info: bool = True,
     ) -> None:
         private = dict(private or {})
         gated = dict(gated or {})
@@ -112,7 +112,6 @@ class FakeHub:
             )
             for repo_id, files in repos.items()
         }
-        self.siblings_in_info = siblings_in_info
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._cuts: list[_Cut] = []
@@ -234,6 +233,17 @@ def _tree_entries(repo: _Repo, base: str, recursive: bool) -> list[dict]:
     return [entries[key] for key in sorted(entries)]
 
 
+def _sibling(name: str, data: bytes, blobs: bool) -> dict:
+    """One ``siblings`` entry of model_info; with ``?blobs=true`` (``files_metadata=True``): size, blob id and,
+    for LFS files, the sha256 the client can check the download against."""
+    entry: dict = {"rfilename": name}
+    if blobs:
+        entry.update(size=len(data), blobId=git_blob_sha1(data))
+        if is_lfs(name):
+            entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+    return entry
+
+
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
@@ -340,8 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "private": bool(repo.private_token),
             }
             info["gated"] = "manual" if repo.gated_token else False
-            if self.hub.siblings_in_info:
-                info["siblings"] = [{"rfilename": name} for name in sorted(repo.files)]
+            blobs = "blobs=true" in query.lower()
+            info["siblings"] = [_sibling(name, data, blobs) for name, data in sorted(repo.files.items())]
             return self._json(200, info, head=head)
         if tail[0] == "tree" and len(tail) >= 2:
             revision = unquote(tail[1])

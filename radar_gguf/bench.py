@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .args import add_radar_args, radar_from_args
 from .config import RadarConfig
-from .run import add_radar_args, radar_from_args
 from .sizes import argparse_size, format_size
 
 DEFAULT_DEPTHS = "1k,4k,8k,16k"
@@ -39,7 +39,7 @@ def device_name() -> str:
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radar_gguf.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="radar-gguf bench", description=__doc__.splitlines()[0])
     p.add_argument(
         "model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)"
     )
@@ -115,8 +115,8 @@ def main(argv: Optional[list] = None) -> int:
     except argparse.ArgumentTypeError as e:
         setup_arg_parser().error(f"--depths: {e}")
     radar = radar_from_args(args)
-    from .corpus import essay_tokens
     from .engine import load
+    from .lab.corpus import essay_tokens
 
     n_ctx = depths[-1] + args.n_gen + 64
     model = load(args.model, ctx=n_ctx, radar=radar, threads=args.threads, gpu_layers=args.gpu_layers)

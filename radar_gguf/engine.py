@@ -14,13 +14,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from . import _lib
 from .config import RadarConfig, RadarStats
 
 DEFAULT_CTX = 8192
 DEFAULT_MAX_TOKENS = 512
+PREFILL_PIECE = 512  # tokens evaluated between progress reports (the default n_batch)
 # the memory check before allocation: refuse when need * (1 + FIT_MARGIN) + FIT_RESERVE > available
 FIT_MARGIN = 0.05
 FIT_RESERVE = 256 << 20
@@ -62,6 +63,26 @@ def _default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def prefill_bar(desc: str = "prefill", *, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr for ``Model.prefill(..., progress=...)``: tokens done of total, tokens/s."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="tok", unit_scale=True, disable=disable, dynamic_ncols=True, leave=False)
+    start = [0]  # tokens already held when the prefill began: not counted in the rate
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total - start[0] or done < start[0] + bar.n:
+            start[0] = done
+            bar.reset(total=total - done)
+        bar.update(done - start[0] - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 class ContextTooLargeError(ValueError):
@@ -380,15 +401,25 @@ class Model:
         n_vocab = self.llama.n_vocab()
         return np.ctypeslib.as_array(self.llama._ctx.get_logits(), shape=(n_vocab,)).copy()
 
-    def prefill(self, tokens: Sequence[int]) -> int:
+    def prefill(
+        self,
+        tokens: Sequence[int],
+        *,
+        progress: Optional[Callable[[int, int], None]] = None,
+        piece: int = PREFILL_PIECE,
+    ) -> int:
         """Make the context hold exactly ``tokens``, reusing the longest common prefix already there.
 
-        Returns how many tokens were evaluated. Raises ValueError if they do not fit the context.
+        With ``progress``, the tokens are evaluated ``piece`` at a time and ``progress(done, total)``
+        is called before the first piece and after each one (``prefill_bar()`` makes a tqdm bar of
+        it). Returns how many tokens were evaluated. Raises ValueError if they do not fit the context.
         """
         with self.exclusive("prefill"):
-            return self._prefill(tokens)
+            return self._prefill(tokens, progress, piece)
 
-    def _prefill(self, tokens: Sequence[int]) -> int:
+    def _prefill(
+        self, tokens: Sequence[int], progress: Optional[Callable[[int, int], None]], piece: int
+    ) -> int:
         tokens = list(tokens)
         if len(tokens) > self.ctx:
             raise ValueError(
@@ -406,10 +437,17 @@ class Model:
             n_keep -= 1  # re-evaluate the last token to get its logits
         llama.n_tokens = n_keep
         llama._ctx.kv_cache_seq_rm(-1, n_keep, -1)
-        todo = tokens[n_keep:]
-        if todo:
-            llama.eval(todo)
-        return len(todo)
+        done, total = n_keep, len(tokens)
+        step = total if progress is None else max(1, piece)
+        if progress is not None:
+            progress(done, total)
+        while done < total:
+            end = min(total, done + step)
+            llama.eval(tokens[done:end])
+            done = end
+            if progress is not None:
+                progress(done, total)
+        return total - n_keep
 
     # -- generation ---------------------------------------------------------------------------------
     def stream_generate(

@@ -7,21 +7,14 @@ history (the context is reused, not re-prefilled), Ctrl-C stops the current repl
 from __future__ import annotations
 
 import argparse
-import ctypes
-import hashlib
-import json
-import os
 import signal
-import struct
 import sys
-import time
-from pathlib import Path
 from typing import Optional
 
-from .config import SCORES, SUMMARY_TYPES, RadarConfig
-from .sizes import argparse_size, format_size
+from .args import add_model_args, add_radar_args, load_from_args, parse_args_and_radar
+from .session import SessionError, load_session, save_session
+from .sizes import format_size
 
-DEFAULT_CTX = "8k"
 REPL_HELP = """commands:
   /reset          forget the conversation (keeps the system prompt)
   /system [TEXT]  show or set the system prompt ('/system -' removes it)
@@ -34,102 +27,8 @@ REPL_HELP = """commands:
   Ctrl-C stops the current reply; Ctrl-D (or /exit) quits"""
 
 
-def add_radar_args(parser: argparse.ArgumentParser) -> None:
-    """Radar flags shared by run, summarize, bench and eval."""
-    d = RadarConfig()
-    g = parser.add_argument_group("Radar")
-    g.add_argument(
-        "--radar", dest="radar", action="store_true", default=True, help="use Radar at decode (default)"
-    )
-    g.add_argument("--no-radar", dest="radar", action="store_false", help="dense attention only")
-    g.add_argument(
-        "--radar-score", choices=SCORES, default=d.score, help="segment score (default: %(default)s)"
-    )
-    g.add_argument(
-        "--radar-budget",
-        type=int,
-        default=d.token_budget,
-        help="tokens selected per step (default: %(default)s)",
-    )
-    g.add_argument(
-        "--radar-top-k", type=int, default=d.top_k, help="segments per step; overrides --radar-budget"
-    )
-    g.add_argument(
-        "--radar-window",
-        type=int,
-        default=d.n_recent,
-        help="recent tokens always attended (default: %(default)s)",
-    )
-    g.add_argument(
-        "--radar-sinks",
-        type=int,
-        default=d.n_sink,
-        help="leading tokens always attended (default: %(default)s)",
-    )
-    g.add_argument(
-        "--radar-aspect",
-        type=float,
-        default=d.aspect,
-        help="segment length sqrt(t)/aspect (default: %(default)s)",
-    )
-    g.add_argument(
-        "--radar-features", type=int, default=d.n_feat, help="random features for --radar-score rf"
-    )
-    g.add_argument(
-        "--radar-dense-below",
-        type=argparse_size,
-        default=d.dense_below,
-        help="stay dense below this many tokens (default: -1 = by device, 4k on the CPU, 16k on a GPU)",
-    )
-    g.add_argument("--radar-shared-gqa", action="store_true", help="one selection per KV head")
-    g.add_argument(
-        "--radar-summary-type",
-        choices=sorted(SUMMARY_TYPES),
-        default=d.summary_type,
-        help="storage of the segment summaries; f16 halves the bytes scored per step (default: %(default)s)",
-    )
-
-
-def radar_from_args(args: argparse.Namespace) -> RadarConfig:
-    return RadarConfig(
-        enabled=args.radar,
-        score=args.radar_score,
-        token_budget=args.radar_budget,
-        top_k=args.radar_top_k,
-        n_recent=args.radar_window,
-        n_sink=args.radar_sinks,
-        aspect=args.radar_aspect,
-        n_feat=args.radar_features,
-        dense_below=args.radar_dense_below,
-        shared_gqa=args.radar_shared_gqa,
-        summary_type=args.radar_summary_type,
-    ).validate()
-
-
-def add_model_args(
-    parser: argparse.ArgumentParser, ctx_default: str = DEFAULT_CTX, positional: bool = True
-) -> None:
-    """MODEL (positional, or ``-m/--model`` with ``positional=False``), --ctx, --gpu-layers, --threads, --verbose."""
-    model_help = "a .gguf file, a Hugging Face spec (user/repo:Q4_K_M), or nothing for the bundled model"
-    if positional:
-        parser.add_argument("model", nargs="?", default=None, help=model_help)
-    else:
-        parser.add_argument("-m", "--model", default=None, help=model_help)
-    parser.add_argument(
-        "--ctx",
-        type=argparse_size,
-        default=argparse_size(ctx_default),
-        help="context length, e.g. 32768, 64k, 1m (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--gpu-layers", "-ngl", type=int, default=0, help="layers to offload to the GPU (-1: all)"
-    )
-    parser.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
-
-
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radar_gguf.run", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="radar-gguf run", description=__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("-p", "--prompt", default=None, help="complete this prompt and exit ('-' reads stdin)")
     p.add_argument(
@@ -148,34 +47,6 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="with -p: no chat template, plain completion")
     add_radar_args(p)
     return p
-
-
-def parse_args_and_radar(parser: argparse.ArgumentParser, argv: Optional[list]) -> tuple:
-    """Parse ``argv``; a Radar flag out of range is a usage error naming the parameter (exit 2)."""
-    args = parser.parse_args(argv)
-    try:
-        return args, radar_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-
-
-def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None):
-    """Load the model the shared flags name; on a bad model file, print the error and return None."""
-    from .engine import load
-
-    try:
-        return load(
-            args.model,
-            ctx=args.ctx,
-            radar=radar or radar_from_args(args),
-            gpu_layers=args.gpu_layers,
-            threads=args.threads,
-            seed=getattr(args, "seed", 0),
-            verbose=args.verbose,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
 
 
 def _print_stats(model) -> None:
@@ -201,168 +72,6 @@ def _stream(model, gen, out=sys.stdout) -> str:
         out.flush()
         text.append(r.text)
     return "".join(text)
-
-
-def chat_tokens(model, messages) -> tuple[list[int], list[str]]:
-    """The token ids ``model.stream_chat(messages)`` prefills, and the chat template's stop strings.
-
-    For front ends that need the prompt's length first (fit checks, usage counts, chunked prefill):
-    ``model.stream_generate(tokens, stop=stops, ...)`` then generates exactly what ``stream_chat`` would.
-    """
-    return model.chat_tokens(messages)
-
-
-# -- conversation files (/save, /load) -----------------------------------------------------------
-#
-# Layout: 8-byte magic, u32 format version, u64 header length, the header (UTF-8 JSON: model identity,
-# context size, history, token count, state size and checksum), the context's token ids (int32
-# little-endian), then llama.cpp's context state (llama_state_get_data: KV cache and last logits).
-# No pickle: loading a file never runs code from it.
-
-SESSION_MAGIC = b"RGGUFSES"
-SESSION_VERSION = 1
-_SESSION_PREFIX = struct.Struct("<8sIQ")
-_MAX_HEADER = 64 << 20
-
-
-class SessionError(ValueError):
-    """A conversation file that cannot be saved or loaded here; the message says why."""
-
-
-def model_fingerprint(path: Path) -> dict:
-    """Identity of a GGUF file: its name, size and the sha256 of its first 4 MiB (header and metadata)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(4 << 20))
-    return {"file": path.name, "size": path.stat().st_size, "sha256_head": h.hexdigest()}
-
-
-def save_session(model, path: os.PathLike, history: list) -> dict:
-    """Write the conversation ``history`` and the context holding it (KV cache included) to ``path``."""
-    from . import __version__, _lib
-
-    C = _lib.bindings().llama_cpp
-    llama = model.llama
-    n_tokens = int(llama.n_tokens)
-    size = int(C.llama_state_get_size(llama.ctx))
-    buf = (ctypes.c_uint8 * size)()
-    n_bytes = int(C.llama_state_get_data(llama.ctx, buf, size))
-    if n_bytes > size:
-        raise SessionError("llama.cpp returned more state than it announced; not saved")
-    state = memoryview(buf).cast("B")[:n_bytes]
-    tokens = llama.input_ids[:n_tokens].astype("<i4").tobytes()
-    header = {
-        "format": "radar_gguf conversation",
-        "radar_gguf": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model_fingerprint(model.path),
-        "ctx": model.ctx,
-        "n_tokens": n_tokens,
-        "state_bytes": n_bytes,
-        "state_sha256": hashlib.sha256(state).hexdigest(),
-        "radar": model.radar.describe(),
-        "history": list(history),
-    }
-    head = json.dumps(header, ensure_ascii=False).encode("utf-8")
-    path = Path(path).expanduser()
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_SESSION_PREFIX.pack(SESSION_MAGIC, SESSION_VERSION, len(head)))
-            f.write(head)
-            f.write(tokens)
-            f.write(state)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise SessionError(f"cannot write {path}: {e.strerror or e}") from None
-    return header
-
-
-def read_session_header(path: os.PathLike) -> tuple[dict, int]:
-    """The header of a conversation file and the offset of its token ids; SessionError if it is not one."""
-    path = Path(path).expanduser()
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(_SESSION_PREFIX.size)
-            if len(prefix) < _SESSION_PREFIX.size or not prefix.startswith(SESSION_MAGIC):
-                raise SessionError(f"{path} is not a radar_gguf conversation file (saved with /save)")
-            _, version, n_head = _SESSION_PREFIX.unpack(prefix)
-            if version != SESSION_VERSION:
-                raise SessionError(
-                    f"{path} is a version {version} conversation file; this radar_gguf reads "
-                    f"version {SESSION_VERSION}"
-                )
-            if n_head > _MAX_HEADER:
-                raise SessionError(f"{path} is damaged (header of {n_head} bytes)")
-            raw = f.read(n_head)
-    except FileNotFoundError:
-        raise SessionError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SessionError(f"{path} is a directory") from None
-    except OSError as e:
-        raise SessionError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        _ = (
-            header["model"]["sha256_head"],
-            int(header["ctx"]),
-            int(header["n_tokens"]),
-            int(header["state_bytes"]),
-            list(header["history"]),
-        )
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise SessionError(f"{path} is damaged (unreadable header)") from None
-    return header, _SESSION_PREFIX.size + n_head
-
-
-def load_session(model, path: os.PathLike) -> list:
-    """Restore a conversation saved by :func:`save_session` into ``model``'s context; return its history.
-
-    Refuses (SessionError) a file saved with another model or context size; the context is left as
-    it was in that case. A damaged file leaves the context empty.
-    """
-    import numpy as np
-
-    from . import _lib
-
-    path = Path(path).expanduser()
-    header, offset = read_session_header(path)
-    saved, here = header["model"], model_fingerprint(model.path)
-    if (saved.get("size"), saved.get("sha256_head")) != (here["size"], here["sha256_head"]):
-        raise SessionError(
-            f"{path} was saved with the model {saved.get('file')} ({saved.get('size')} bytes); "
-            f"this chat runs {here['file']} ({here['size']} bytes). Load it with that model."
-        )
-    if int(header["ctx"]) != model.ctx:
-        raise SessionError(
-            f"{path} was saved with a {format_size(int(header['ctx']))} context; this chat has "
-            f"{format_size(model.ctx)}. Restart with --ctx {format_size(int(header['ctx']))}."
-        )
-    n_tokens, n_bytes = int(header["n_tokens"]), int(header["state_bytes"])
-    if not 0 <= n_tokens <= model.ctx:
-        raise SessionError(f"{path} is damaged ({n_tokens} tokens in a {model.ctx}-token context)")
-    with open(path, "rb") as f:
-        f.seek(offset)
-        tokens = np.frombuffer(f.read(4 * n_tokens), dtype="<i4")
-        state = bytearray(n_bytes)
-        got = f.readinto(state)
-    if len(tokens) != n_tokens or got != n_bytes:
-        raise SessionError(f"{path} is truncated")
-    if hashlib.sha256(state).hexdigest() != header.get("state_sha256"):
-        raise SessionError(f"{path} is damaged (state checksum mismatch)")
-
-    C = _lib.bindings().llama_cpp
-    llama = model.llama
-    model.reset()
-    buf = (ctypes.c_uint8 * n_bytes).from_buffer(state)
-    if int(C.llama_state_set_data(llama.ctx, buf, n_bytes)) != n_bytes:
-        model.reset()
-        raise SessionError(f"llama.cpp could not restore the context from {path}; the context is now empty")
-    llama.input_ids[:n_tokens] = tokens
-    llama.n_tokens = n_tokens
-    return [dict(m) for m in header["history"]]
 
 
 def _status_line(r, ctx: int) -> str:

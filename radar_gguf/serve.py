@@ -29,13 +29,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from .run import (
-    add_model_args,
-    add_radar_args,
-    chat_tokens,
-    load_from_args,
-    parse_args_and_radar,
-)
+from .args import add_model_args, add_radar_args, load_from_args, parse_args_and_radar
 from .sizes import format_size
 
 DEFAULT_CTX = "8k"
@@ -237,7 +231,7 @@ class Service:
         _reject_unsupported(body)
         common = _common(body, "chat")
         messages = parse_messages(body)
-        tokens, template_stops = chat_tokens(self.model, messages)  # the tokenizer is safe to share
+        tokens, template_stops = self.model.chat_tokens(messages)  # the tokenizer is safe to share
         return self._request("chat", tokens, template_stops, common)
 
     def completion_request(self, body: dict) -> Request:
@@ -611,7 +605,7 @@ def make_server(
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radar_gguf.serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="radar-gguf serve", description=__doc__.splitlines()[0])
     add_model_args(p, ctx_default=DEFAULT_CTX)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")

@@ -19,17 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
-from .run import (
-    add_model_args,
-    add_radar_args,
-    chat_tokens,
-    load_from_args,
-    parse_args_and_radar,
-)
+from tqdm import tqdm
+
+from .args import add_model_args, add_radar_args, load_from_args, parse_args_and_radar
+from .engine import PREFILL_PIECE
 from .sizes import format_size
 
 DEFAULT_CTX = "8k"
-PREFILL_PIECE = 512  # tokens evaluated between progress reports (the default n_batch)
 SYSTEM = "You write faithful, concise summaries. Use only facts stated in the text; never invent details."
 STYLES = {
     "bullets": "Write the summary as a short Markdown bulleted list ('- ' per line) of the key points.",
@@ -180,14 +176,12 @@ def _token_slices(text: str, budget: int, count: Callable[[str], int]) -> list[t
 
 
 class Progress:
-    """Status lines on stderr: rewritten in place on a terminal, one line per step otherwise."""
+    """Status lines and a tqdm prefill bar per document piece, on stderr (nothing with ``quiet``)."""
 
     def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
         self.stream = stream
         self.quiet = quiet
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self._open = False  # a \r line is on screen
-        self._last_pct = -100.0
+        self._bar: Optional[tqdm] = None
         self._label = ""
 
     def line(self, msg: str) -> None:
@@ -200,24 +194,20 @@ class Progress:
     def prefill(self, label: str, done: int, total: int) -> None:
         if self.quiet or total <= 0:
             return
-        if label != self._label:
-            self._label, self._last_pct = label, -100.0
-        pct = 100.0 * done / total
-        msg = f"summarize: {label}: prefill {done}/{total} tokens ({pct:.0f}%)"
-        if self.tty:
-            self.stream.write("\r\033[K" + msg)
-            self._open = True
-        elif done >= total or pct - self._last_pct >= 10:
-            self.stream.write(msg + "\n")
-        else:
-            return
-        self._last_pct = -100.0 if done >= total else pct
-        self.stream.flush()
+        if self._bar is None or label != self._label:
+            self._end()
+            self._label = label
+            self._bar = tqdm(
+                total=total, desc=f"summarize: {label}: prefill", unit="tok", file=self.stream, leave=False
+            )
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._end()
 
     def _end(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self._open = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def prefill_with_progress(
@@ -228,25 +218,10 @@ def prefill_with_progress(
     Same semantics as ``model.prefill`` (the longest common prefix already in the context is kept);
     ``model.stream_generate(tokens)`` then evaluates only the last token. Returns the tokens evaluated.
     """
-    held = model.llama.input_ids[: model.n_past]
-    keep = 0
-    for a, b in zip(held, tokens):
-        if a != b:
-            break
-        keep += 1
-    target = len(tokens) - 1
-    done = min(keep, target)
     total = len(tokens)
-    report(done, total)
-    evaluated = 0
-    while done < target:
-        end = min(target, done + piece)
-        evaluated += model.prefill(tokens[:end])
-        done = end
-        if done < target:
-            report(done, total)
+    n = model.prefill(tokens[:-1], progress=lambda done, _: report(done, total), piece=piece)
     report(total, total)  # the last token is evaluated by stream_generate, right after
-    return evaluated + 1
+    return n + 1
 
 
 # -- summarizing ----------------------------------------------------------------------------------------
@@ -334,7 +309,7 @@ class Summarizer:
         ]
 
     def _overhead(self, messages: list) -> int:
-        return len(chat_tokens(self.model, messages)[0])
+        return len(self.model.chat_tokens(messages)[0])
 
     def count(self, text: str) -> int:
         return len(self.model.tokenize(text, add_bos=False, special=False))
@@ -342,7 +317,7 @@ class Summarizer:
     def generate(
         self, messages: list, max_tokens: int, label: str, on_text: Optional[Callable[[str], None]] = None
     ) -> str:
-        tokens, stops = chat_tokens(self.model, messages)
+        tokens, stops = self.model.chat_tokens(messages)
         if len(tokens) + max_tokens > self.ctx:
             raise ValueError(
                 f"{label}: {len(tokens)} prompt tokens + {max_tokens} output do not fit {self.ctx}"
@@ -371,7 +346,7 @@ class Summarizer:
         self.progress.line(f"{label}: done, {self.last_note}")
 
     def fits(self, doc: Document) -> tuple[bool, int]:
-        n = len(chat_tokens(self.model, self._single_messages(doc))[0])
+        n = len(self.model.chat_tokens(self._single_messages(doc))[0])
         return n + self.max_tokens <= self.ctx, n
 
     def summarize(self, doc: Document, on_text: Optional[Callable[[str], None]] = None) -> str:
@@ -411,7 +386,7 @@ class Summarizer:
         level = 1
         while True:
             msgs = self._reduce_messages(name, summaries, final=True)
-            n = len(chat_tokens(self.model, msgs)[0])
+            n = len(self.model.chat_tokens(msgs)[0])
             if n + self.max_tokens <= self.ctx or len(summaries) == 1:
                 self.progress.line(f"{name}: combining {len(summaries)} summaries into the final summary")
                 text = self.generate(msgs, self.max_tokens, f"{name}: final summary", self._tee(on_text))
@@ -439,7 +414,7 @@ class Summarizer:
             summaries = merged
 
     def _pack(self, name: str, summaries: list) -> list[list[str]]:
-        base = len(chat_tokens(self.model, self._reduce_messages(name, [""], final=False))[0])
+        base = len(self.model.chat_tokens(self._reduce_messages(name, [""], final=False))[0])
         budget = self.ctx - self.chunk_out - self.margin - base
         groups: list[list[str]] = []
         cur: list[str] = []
@@ -498,7 +473,7 @@ def render(results: list, multiple: bool) -> str:
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radar_gguf.summarize", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="radar-gguf summarize", description=__doc__.splitlines()[0])
     p.add_argument(
         "files", nargs="*", metavar="FILE", help="text (.txt, .md) or PDF files; '-' or none: stdin"
     )

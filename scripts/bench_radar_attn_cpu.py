@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ggml_ops import F16, F32, I32, Graph  # noqa: E402
 
-from radar_gguf import reference as R  # noqa: E402
+from radar_gguf.lab import reference as R  # noqa: E402
 from radar_gguf.config import SCORES, SUMMARY_TYPES  # noqa: E402
 
 

@@ -21,7 +21,7 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def essays_available() -> bool:
-    from radar_gguf.corpus import CorpusNotAvailable, essays_text
+    from radar_gguf.lab.corpus import CorpusNotAvailable, essays_text
 
     try:
         essays_text()

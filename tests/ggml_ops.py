@@ -188,7 +188,7 @@ def radar_ops(
     q: [Hq, D]; k: [n_kv, Hkv, D]; v: [n_kv, Hkv, Dv]; mask: [n_kv] float (0 / -inf / finite).
     Returns (out [Hq, Dv], summaries [n_seg, Hkv, W]).
     """
-    from radar_gguf.reference import summary_width
+    from radar_gguf.lab.reference import summary_width
 
     n_kv, hkv, d = k.shape
     hq, dv = q.shape[0], v.shape[2]

@@ -103,3 +103,37 @@ def test_bad_radar_flags_are_usage_errors(flag, value, name):
     r = run_cli(flag, value, "-p", "hi", timeout=60)
     assert r.returncode == 2
     assert name in r.stderr
+
+
+def _radar_gguf(*args: str, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "radar_gguf", *args], capture_output=True, text=True, timeout=120, **kw
+    )
+
+
+def test_one_command_dispatches_to_every_subcommand():
+    """``radar-gguf COMMAND`` (here ``python -m radar_gguf COMMAND``) reaches each command's own flags."""
+    r = _radar_gguf("--help")
+    assert r.returncode == 0
+    for name in ("run", "serve", "summarize", "bench", "eval"):
+        assert f"  {name} " in r.stdout
+    for name, flag in (
+        ("run", "--prompt"),
+        ("serve", "--port"),
+        ("summarize", "--out"),
+        ("bench", "--depths"),
+    ):
+        h = _radar_gguf(name, "-h")
+        assert h.returncode == 0 and flag in h.stdout and f"radar-gguf {name}" in h.stdout, name
+    h = _radar_gguf("eval", "ppl", "-h")
+    assert h.returncode == 0 and "--corpus" in h.stdout and "--text" in h.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    r = _radar_gguf("model.gguf")
+    assert r.returncode == 2
+    assert "unknown command 'model.gguf'" in r.stderr and "radar-gguf run model.gguf" in r.stderr
+    assert "Traceback" not in r.stderr

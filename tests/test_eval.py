@@ -15,20 +15,12 @@ import pytest
 
 import radar_gguf
 from radar_gguf import RadarConfig
-from radar_gguf.corpus import essay_tokens
-from radar_gguf.eval import (
-    DENSE,
-    NIAH_KEY,
-    build_haystack,
-    eval_ppl,
-    merge_records,
-    niah_score,
-    parse_config,
-    prefill_cached,
-    split_specs,
-    sweep_records,
-    token_nll,
-)
+from radar_gguf.lab.context import prefill_cached
+from radar_gguf.lab.corpus import essay_tokens
+from radar_gguf.lab.niah import NIAH_KEY, build_haystack, niah_score
+from radar_gguf.lab.ppl import eval_ppl, token_nll
+from radar_gguf.lab.records import DENSE, merge_records, parse_config, split_specs
+from radar_gguf.lab.sweep import sweep_records
 
 N, M = 600, 24
 SHORT = "dense_below=256,aspect=1000"
@@ -81,7 +73,7 @@ def test_prefill_cache_roundtrip(qwen, tmp_path):
 
 
 def test_niah_runs_and_top_k_all_answers_as_dense(qwen, tmp_path):
-    from radar_gguf.eval import eval_niah
+    from radar_gguf.lab.niah import eval_niah
 
     lines = []
     specs = ["dense", f"meanvar:top_k=1000000,{SHORT}"]
@@ -221,7 +213,7 @@ def test_sweep_records_join_ppl_bytes_and_selection():
     ],
 )
 def test_select_cli_rejects_before_loading(argv, capsys):
-    from radar_gguf.eval import main
+    from radar_gguf.lab.eval import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -230,14 +222,15 @@ def test_select_cli_rejects_before_loading(argv, capsys):
 
 
 def test_paired_se_pct():
-    from radar_gguf.eval import paired_se_pct
+    from radar_gguf.lab.ppl import paired_se_pct
 
     assert paired_se_pct([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) == pytest.approx(100 / math.sqrt(3))
     assert paired_se_pct([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == 0.0  # a constant shift is certain
 
 
-def _ppl_rec(mode, offset, delta, se, context=16384, n_scored=256):
+def _ppl_rec(mode, offset, delta, se, context=16384, n_scored=256, corpus=None):
     return {
+        **({} if corpus is None else {"corpus": corpus}),
         "metric": "ppl",
         "context": context,
         "n_scored": n_scored,
@@ -249,7 +242,7 @@ def _ppl_rec(mode, offset, delta, se, context=16384, n_scored=256):
 
 
 def test_pool_windows():
-    from radar_gguf.eval import pool_windows
+    from radar_gguf.lab.ppl import pool_windows
 
     recs = [
         _ppl_rec("dense", 0, 0.0, 0.0),
@@ -262,7 +255,7 @@ def test_pool_windows():
     ]
     (r,) = pool_windows(recs, 16384, 256)
     assert (r["mode"], r["n_windows"], r["n_tokens"]) == ("meanvar", 2, 512)
-    assert [w[0] for w in r["windows"]] == [0, 100]
+    assert [w[:2] for w in r["windows"]] == [("essays", 0), ("essays", 100)]  # no corpus field: the essays
     # the ppl ratio over all tokens is the geometric mean of the windows' ratios, not their mean
     assert r["delta_pct"] == pytest.approx(100 * (math.sqrt(1.1 * 0.9) - 1))
     assert r["se_pct"] == pytest.approx(math.sqrt(3.0**2 + 4.0**2) / 2)
@@ -272,15 +265,35 @@ def test_pool_windows():
         _ppl_rec("meanvar", 300, 20.0, 2.0, n_scored=512),
     ]
     (r,) = pool_windows(recs, 16384, 0)
-    assert (r["n_windows"], r["n_tokens"]) == (3, 1024) and [w[3] for w in r["windows"]] == [256, 256, 512]
+    assert (r["n_windows"], r["n_tokens"]) == (3, 1024) and [w[4] for w in r["windows"]] == [256, 256, 512]
     assert r["delta_pct"] == pytest.approx(100 * ((1.1 * 0.9 * 1.2**2) ** 0.25 - 1))
     assert r["se_pct"] == pytest.approx(math.sqrt(256**2 * (3.0**2 + 4.0**2) + 512**2 * 2.0**2) / 1024)
     # offset 0 also has M = 128 records (and no dense one at 128): the 256-token pair counts
-    assert r["windows"][0] == (0, 10.0, 3.0, 256)
+    assert r["windows"][0] == ("essays", 0, 10.0, 3.0, 256)
+
+
+def test_pool_corpora_weigh_the_same():
+    """Over corpora, each corpus weighs the same whatever its windows: a corpus with three windows does
+    not drown one with a single window; each corpus is reported on its own too."""
+    from radar_gguf.lab.ppl import pool_windows
+
+    recs = [_ppl_rec("dense", o, 0.0, 0.0, corpus="code") for o in (0, 1, 2)]
+    recs += [_ppl_rec("meanvar", o, 1.0, 2.0, corpus="code") for o in (0, 1, 2)]
+    recs += [
+        _ppl_rec("dense", 0, 0.0, 0.0, corpus="novel"),
+        _ppl_rec("meanvar", 0, 21.0, 3.0, corpus="novel"),
+    ]
+    (r,) = pool_windows(recs, 16384, 256)
+    assert (r["n_windows"], r["n_tokens"]) == (4, 1024)
+    assert r["corpora"]["code"]["delta_pct"] == pytest.approx(1.0)
+    assert r["corpora"]["code"]["se_pct"] == pytest.approx(2.0 / math.sqrt(3))
+    assert r["corpora"]["novel"]["delta_pct"] == pytest.approx(21.0)
+    assert r["delta_pct"] == pytest.approx(100 * (math.sqrt(1.01 * 1.21) - 1))
+    assert r["se_pct"] == pytest.approx(math.sqrt((2.0 / math.sqrt(3)) ** 2 + 3.0**2) / 2)
 
 
 def test_pool_cli(tmp_path, capsys):
-    from radar_gguf.eval import main
+    from radar_gguf.lab.eval import main
 
     f = tmp_path / "ppl.json"
     f.write_text(json.dumps([_ppl_rec("dense", 0, 0.0, 0.0), _ppl_rec("meanvar", 0, 2.0, 1.5)]))

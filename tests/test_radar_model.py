@@ -22,7 +22,7 @@ import pytest
 import radar_gguf
 from radar_gguf import RadarConfig
 from radar_gguf.config import DENSE_BELOW_CPU
-from radar_gguf.corpus import essay_tokens
+from radar_gguf.lab.corpus import essay_tokens
 
 # fixed segment length (aspect so large that L = seg_len_min): selection does not depend on history
 EXACT = RadarConfig(dense_below=256, aspect=1000.0, seg_len_min=16, top_k=1_000_000)
@@ -211,7 +211,7 @@ def test_two_sequences_decode_like_each_alone(model_path, essays_available):
         _lib.radar_set(ctx, SPARSE)
         return ctx
 
-    text = radar_gguf.corpus.essays_text()
+    text = radar_gguf.lab.corpus.essays_text()
     prompts = [text[:2600], text[5000:7700]]
 
     def tok(s):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ggml_ops import F16, Q8_0, dequant, flash_attn, radar_ops
 
-from radar_gguf import reference as R
+from radar_gguf.lab import reference as R
 
 SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE]
 

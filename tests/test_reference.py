@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from radar_gguf import reference as R
+from radar_gguf.lab import reference as R
 
 ALL_SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE]
 

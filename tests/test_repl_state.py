@@ -42,7 +42,7 @@ def test_save_load_resumes_without_prefill(tmp_path, model_path):
 
 
 def test_load_refuses_other_model_or_context(tmp_path, model_path):
-    from radar_gguf.run import _SESSION_PREFIX, SESSION_MAGIC, SESSION_VERSION, read_session_header
+    from radar_gguf.session import _SESSION_PREFIX, SESSION_MAGIC, SESSION_VERSION, read_session_header
 
     good = tmp_path / "good.session"
     r = run_cli(str(model_path), *ARGS, input=f"/system You are terse.\nHi\n/save {good}\n")

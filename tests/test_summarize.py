@@ -24,7 +24,7 @@ by local families reopened it in 1996, and today it carries about 3,000 walkers 
 def _long_text() -> str:
     """About 700 tokens of prose in paragraphs: two chunks at --ctx 512."""
     try:
-        from radar_gguf.corpus import essays_text
+        from radar_gguf.lab.corpus import essays_text
 
         text = essays_text()
         return text[:3000]
@@ -169,12 +169,12 @@ def test_reduce_recurses_until_the_summaries_fit(monkeypatch):
     """Level after level of grouped summaries, with a stand-in model (word counts as tokens)."""
     from radar_gguf import summarize as S
 
-    def fake_chat_tokens(model, messages):
-        return [0] * sum(len(m["content"].split()) for m in messages), []
+    class WordModel:  # a stand-in: one token per word
+        def chat_tokens(self, messages):
+            return [0] * sum(len(m["content"].split()) for m in messages), []
 
-    monkeypatch.setattr(S, "chat_tokens", fake_chat_tokens)
     s = S.Summarizer.__new__(S.Summarizer)
-    s.model, s.ctx, s.margin, s.max_tokens, s.chunk_out, s.style = None, 400, 8, 40, 30, "bullets"
+    s.model, s.ctx, s.margin, s.max_tokens, s.chunk_out, s.style = WordModel(), 400, 8, 40, 30, "bullets"
     s.progress, s.partial, s.last_note, s.last_finish = S.Progress(quiet=True), S.Partial("doc"), "", None
     s.count = lambda text: len(text.split())
     calls = []

@@ -36,200 +36,28 @@ part of its softmax on the sink, which no selection changes.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..config import RadarConfig
 from . import reference as ref
-from .config import RadarConfig
+from .capture import AttnCapture, Capture, capture_decode
+from .records import log, parse_config
 
 SEG_KS = (1, 3, 8)
 TOK_KS = (1, 8, 32)
 HIT_KS = (1, 3)
-METHODS = ("meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random")
+METHODS = ("meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage")
+# options of the adaptive methods (not RadarConfig fields): mass target p between a floor and a ceiling of
+# tokens; two-stage: candidates = cand x the budget's segments, rescored exactly from their keys
+METHOD_OPTIONS = {"mass": {"p": 0.9, "floor": 256, "ceil": 4096}, "twostage": {"cand": 4.0}}
 DEFAULT_METHODS = "meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,oracle-op,window,random"
 PAPER = {"hit@1": 0.34, "hit@3": 0.63}  # Radar paper, Llama 3.1 on PG-19
-
-GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_I32 = 0, 1, 26
-_NP_TYPES = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16, GGML_TYPE_I32: np.int32}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# -- capture: ggml tensors of the decode graph -----------------------------------------------------------
-class ggml_tensor(ctypes.Structure):
-    pass
-
-
-# struct ggml_tensor (ggml/include/ggml.h; GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10,
-# GGML_MAX_NAME 64)
-ggml_tensor._fields_ = [
-    ("type", ctypes.c_int),
-    ("buffer", ctypes.c_void_p),
-    ("ne", ctypes.c_int64 * 4),
-    ("nb", ctypes.c_size_t * 4),
-    ("op", ctypes.c_int),
-    ("op_params", ctypes.c_int32 * 16),
-    ("flags", ctypes.c_int32),
-    ("src", ctypes.POINTER(ggml_tensor) * 10),
-    ("view_src", ctypes.POINTER(ggml_tensor)),
-    ("view_offs", ctypes.c_size_t),
-    ("data", ctypes.c_void_p),
-    ("name", ctypes.c_char * 64),
-    ("extra", ctypes.c_void_p),
-    ("padding", ctypes.c_char * 8),
-]
-
-
-def tensor_array(t: ggml_tensor) -> np.ndarray:
-    """A copy of a host tensor (f32, f16 or i32, views and permutations included) in NumPy order
-    ``[ne3, ne2, ne1, ne0]``."""
-    if t.type not in _NP_TYPES:
-        raise ValueError(f"tensor {t.name.decode()!r}: ggml type {t.type} is not f32/f16/i32")
-    if not t.data:
-        raise ValueError(f"tensor {t.name.decode()!r} has no host data")
-    dt = np.dtype(_NP_TYPES[t.type])
-    ne = [int(t.ne[i]) for i in range(4)]
-    nb = [int(t.nb[i]) for i in range(4)]
-    span = sum((n - 1) * s for n, s in zip(ne, nb)) + dt.itemsize
-    if any(x % dt.itemsize for x in nb):
-        raise ValueError(f"tensor {t.name.decode()!r}: strides {nb} are not multiples of {dt.itemsize}")
-    flat = np.frombuffer((ctypes.c_char * span).from_address(t.data), dtype=dt)
-    a = np.lib.stride_tricks.as_strided(flat, shape=ne[::-1], strides=nb[::-1])
-    return np.array(a)  # copy: the graph's buffers are reused
-
-
-@dataclass
-class AttnCapture:
-    """One ``radar_attn`` node of one decode step (stream 0)."""
-
-    layer: int
-    q: np.ndarray  # [Hq, D] f32
-    k: np.ndarray  # [n_kv, Hkv, D] cache dtype (f16)
-    v: np.ndarray  # [n_kv, Hkv, Dv]
-    mask: np.ndarray  # [n_kv] f32 (0 / -inf)
-    summaries: np.ndarray  # [n_seg, Hkv, W] f32, the kernel's
-    omega: Optional[np.ndarray]  # [D, m] f32 (rf only)
-    out: np.ndarray  # [Hq, Dv] f32, the kernel's result
-    n_seg: int
-    seg_len: int
-    top_k: int
-    n_sink: int
-    n_recent: int
-    score: int
-    shared: bool
-    scale: float
-    max_bias: float
-    softcap: float
-    has_sinks: bool
-
-
-def read_radar_attn(t: ggml_tensor, layer: int) -> AttnCapture:
-    """Copy the inputs, parameters and result of a computed ``radar_attn`` node."""
-    src = [t.src[i].contents if t.src[i] else None for i in range(8)]
-    q = tensor_array(src[0])[0, :, 0, :]  # [ns, Hq, 1, D] -> [Hq, D]
-    k = tensor_array(src[1])[0].transpose(1, 0, 2)  # [ns, Hkv, n_kv, D] -> [n_kv, Hkv, D]
-    v = tensor_array(src[2])[0].transpose(1, 0, 2)
-    mask = tensor_array(src[3])[0, 0, 0, :].astype(np.float32)  # [ns, 1, rows, n_kv] -> row 0
-    info = tensor_array(src[5])  # [1, 1, ns, 2]
-    n_seg = int(info[0, 0, 0, 0])
-    s = tensor_array(src[4])[0, :n_seg]  # [ns, n_seg_cap, Hkv, W] -> [n_seg, Hkv, W]
-    omega = tensor_array(src[6])[0, 0].T.copy() if src[6] is not None else None  # [m, D] -> [D, m]
-    out = tensor_array(t)[0, 0]  # [ns, 1, Hq, Dv] -> [Hq, Dv]
-    p = list(t.op_params)
-    f = np.array(p[6:9], dtype=np.int32).view(np.float32)
-    return AttnCapture(
-        layer=layer,
-        q=q,
-        k=k,
-        v=v,
-        mask=mask,
-        summaries=s,
-        omega=omega,
-        out=out,
-        n_seg=n_seg,
-        seg_len=p[1],
-        top_k=p[2],
-        n_sink=p[3],
-        n_recent=p[4],
-        score=p[0],
-        shared=bool(p[5]),
-        scale=float(f[0]),
-        max_bias=float(f[1]),
-        softcap=float(f[2]),
-        has_sinks=src[7] is not None,
-    )
-
-
-class Capture:
-    """The ``cb_eval`` callback: while ``active``, copies every ``radar_attn-<il>`` node into ``layers``."""
-
-    PREFIX = b"radar_attn-"
-
-    def __init__(self) -> None:
-        self.active = False
-        self.layers: dict[int, AttnCapture] = {}
-        self.error: Optional[BaseException] = None
-
-        def cb(t_ptr: int, ask: bool, _ud: Any) -> bool:
-            if not self.active:
-                return False if ask else True
-            t = ggml_tensor.from_address(t_ptr)
-            name = t.name
-            if not name.startswith(self.PREFIX):
-                return False if ask else True
-            if ask:
-                return True
-            try:
-                il = int(name[len(self.PREFIX) :])
-                self.layers[il] = read_radar_attn(t, il)
-            except Exception as e:  # never raise through C
-                self.error = e
-            return True
-
-        from . import _lib
-
-        self.c_callback = _lib.bindings().llama_cpp.ggml_backend_sched_eval_callback(cb)
-
-    def take(self) -> dict[int, AttnCapture]:
-        if self.error is not None:
-            raise RuntimeError(f"capturing the radar_attn nodes failed: {self.error}") from self.error
-        out, self.layers = self.layers, {}
-        return out
-
-
-@contextlib.contextmanager
-def eval_callback(callback: Any) -> Iterator[None]:
-    """Make the contexts created inside (``radar_gguf.load``) call ``callback`` as their ``cb_eval``.
-
-    llama-cpp-python's ``Llama`` has no argument for it; its constructor takes the context params from
-    ``llama_context_default_params()``, which is wrapped here for the duration of the block.
-    """
-    from . import _lib
-
-    C = _lib.bindings().llama_cpp
-    orig = C.llama_context_default_params
-
-    def with_callback() -> Any:
-        p = orig()
-        p.cb_eval = callback
-        p.cb_eval_user_data = None
-        return p
-
-    C.llama_context_default_params = with_callback
-    try:
-        yield
-    finally:
-        C.llama_context_default_params = orig
 
 
 # -- exact attention and segment geometry -------------------------------------------------------------------
@@ -311,13 +139,18 @@ def _top_cells(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def selection_metrics(
-    p: np.ndarray, order: Optional[np.ndarray], geom: Geometry, v: Optional[np.ndarray] = None
+    p: np.ndarray,
+    order: Optional[np.ndarray],
+    geom: Geometry,
+    v: Optional[np.ndarray] = None,
+    n_sel: Optional[np.ndarray] = None,
 ) -> dict[str, np.ndarray]:
     """Metrics per query head (``[Hq]`` arrays) of a selection, see the module docstring.
 
     ``p: [Hq, n_kv]`` exact attention weights; ``order: [Hq, n_cand]`` candidate segments best first (the
     selection is ``order[:, :top_k]``), or None for the expectation of a uniformly random selection;
-    ``v: [Hkv, n_kv, Dv]`` the value rows (finite; zero where masked), for ``out_err``.
+    ``v: [Hkv, n_kv, Dv]`` the value rows (finite; zero where masked), for ``out_err``; ``n_sel: [Hq]`` the
+    number of candidates each head keeps, for adaptive methods (default: ``top_k`` for every head).
     """
     hq, n_kv = p.shape
     L, nc, ks = geom.seg_len, geom.n_cand, geom.k_sel
@@ -348,7 +181,12 @@ def selection_metrics(
             out[f"hit@{k}"] = np.full(hq, min(k, nc) / nc)
     else:
         sel = np.zeros((hq, nc))
-        np.put_along_axis(sel, order[:, :ks], 1.0, axis=1)
+        if n_sel is None:
+            np.put_along_axis(sel, order[:, :ks], 1.0, axis=1)
+        else:  # head h keeps its n_sel[h] best-ranked candidates
+            np.put_along_axis(
+                sel, order, (np.arange(nc)[None, :] < n_sel[:, None]).astype(np.float64), axis=1
+            )
         rank_of_best = np.argmax(order == best[:, :1], axis=1)  # [Hq] where the exact best sits in order
         for k in HIT_KS:
             out[f"hit@{k}"] = (rank_of_best < k).astype(np.float64)
@@ -397,7 +235,9 @@ def output_error(p: np.ndarray, attended: np.ndarray, v: np.ndarray) -> np.ndarr
     return err
 
 
-def union_cells(order: Optional[np.ndarray], geom: Geometry, n_kv: int, g: int) -> float:
+def union_cells(
+    order: Optional[np.ndarray], geom: Geometry, n_kv: int, g: int, n_sel: Optional[np.ndarray] = None
+) -> float:
     """Mean over KV heads of the distinct cells its ``g`` query heads attend (what one gather per KV
     head would read); for the random selection the expectation over ``g`` independent draws."""
     n_always = int(geom.always(n_kv).sum())
@@ -406,6 +246,10 @@ def union_cells(order: Optional[np.ndarray], geom: Geometry, n_kv: int, g: int) 
         distinct = nc * (1.0 - (1.0 - geom.k_sel / nc) ** g) if nc else 0.0
         return float(n_always + distinct * geom.seg_len)
     hq = order.shape[0]
+    if n_sel is not None:
+        kept = [order[h, : n_sel[h]] for h in range(hq)]
+        groups = [np.concatenate(kept[i : i + g]) for i in range(0, hq, g)]
+        return float(n_always + np.mean([len(np.unique(r)) for r in groups]) * geom.seg_len)
     sel = order[:, : geom.k_sel].reshape(hq // g, g * geom.k_sel)
     return float(n_always + np.mean([len(np.unique(r)) for r in sel]) * geom.seg_len)
 
@@ -419,6 +263,10 @@ class Method:
     spec: str
     kind: str
     cfg: RadarConfig
+    options: tuple = ()  # (name, value) pairs of METHOD_OPTIONS[kind]
+
+    def option(self, name: str) -> float:
+        return dict(self.options).get(name, METHOD_OPTIONS.get(self.kind, {}).get(name, 0.0))
 
     def top_k(self, seg_len: int, layer_ratio: float = 1.0) -> int:
         """Segments to select, as ``llama_kv_cache::radar_top_k``: ``top_k`` if set, else the token budget
@@ -437,8 +285,6 @@ def budget_top_k(cfg: RadarConfig, seg_len: int, layer_ratio: float = 1.0) -> in
 
 def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
     """``NAME[:key=value,...]`` with NAME in METHODS; the fields are RadarConfig's."""
-    from .eval import parse_config
-
     spec = spec.strip()
     name, colon, rest = spec.partition(":")
     if name not in METHODS:
@@ -446,7 +292,18 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
     score = name if name in ("meanvar", "mean", "minmax", "rf") else "meanvar"
     if name == "oracle-op":
         score = "oracle"
-    return Method(spec, name, parse_config(score + colon + rest, base))
+    options, fields = [], []
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, _, value = item.partition("=")
+        if key.strip() in METHOD_OPTIONS.get(name, {}):
+            try:
+                options.append((key.strip(), float(value)))
+            except ValueError:
+                raise ValueError(f"method {spec!r}: {key.strip()} must be a number, got {value!r}") from None
+        else:
+            fields.append(item)
+    cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
+    return Method(spec, name, cfg, tuple(options))
 
 
 class SummaryCache:
@@ -500,23 +357,24 @@ def method_order(
     k64: np.ndarray,
     valid: np.ndarray,
     cache: SummaryCache,
-) -> Optional[np.ndarray]:
-    """The method's ranking of the candidates ``[Hq, n_cand]`` (None: random)."""
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The method's ranking of the candidates ``[Hq, n_cand]`` (None: random) and, for the adaptive
+    methods, how many of them each head keeps ``[Hq]`` (None: ``top_k``)."""
     hq = cap.q.shape[0]
     g = hq // cap.k.shape[1]
     nc = geom.n_cand
     if m.kind == "random":
-        return None
+        return None, None
     if m.kind == "window":
-        return np.tile(np.arange(nc - 1, -1, -1), (hq, 1))
+        return np.tile(np.arange(nc - 1, -1, -1), (hq, 1)), None
     if m.kind == "oracle":
         with np.errstate(divide="ignore"):
-            return _order_from_scores(np.log(searched_mass(p, geom)), m.cfg.shared_gqa, g)
+            return _order_from_scores(np.log(searched_mass(p, geom)), m.cfg.shared_gqa, g), None
     if m.kind == "oracle-op":
         with np.errstate(divide="ignore"):
             lg = np.log(p[:, : nc * geom.seg_len])  # log p = logit - logsumexp: same ranking as the op's
         sc = ref._logsumexp(lg.reshape(hq, nc, geom.seg_len), axis=2)
-        return _order_from_scores(sc, m.cfg.shared_gqa, g)
+        return _order_from_scores(sc, m.cfg.shared_gqa, g), None
     score = m.cfg.score_id
     omega = None
     if score == ref.SCORE_RF:
@@ -525,8 +383,75 @@ def method_order(
         else:
             omega = cache.omega(k64.shape[2], m.cfg.n_feat, m.cfg.seed)
     s = cache.get(cap.layer, k64, valid, geom.seg_len, geom.n_seg, score, cap.scale, omega)
-    sc = ref.segment_scores(cap.q, s[:nc], score, cap.scale, omega)
-    return _order_from_scores(sc, m.cfg.shared_gqa, g)
+    sc = ref.segment_scores(cap.q, s[:nc], score, cap.scale, omega)  # [Hq, nc]
+    order = _order_from_scores(sc, m.cfg.shared_gqa, g)
+    if m.kind == "mass":
+        return order, mass_target_count(m, cap, sc, order, geom, k64, valid)
+    if m.kind == "twostage":
+        return twostage_order(m, cap, order, geom, k64), None
+    return order, None
+
+
+def _exact_logits(cap: AttnCapture, k64: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``[Hq, len(cells)]`` scaled logits ``scale q.k`` of every query head on the keys of ``cells``."""
+    hq, hkv = cap.q.shape[0], k64.shape[1]
+    g = hq // hkv
+    q = cap.q.astype(np.float64)
+    out = np.empty((hq, len(cells)))
+    for h in range(hkv):
+        out[h * g : (h + 1) * g] = cap.scale * q[h * g : (h + 1) * g] @ k64[cells, h, :].T
+    return out
+
+
+def mass_target_count(
+    m: Method,
+    cap: AttnCapture,
+    sc: np.ndarray,
+    order: np.ndarray,
+    geom: Geometry,
+    k64: np.ndarray,
+    valid: np.ndarray,
+) -> np.ndarray:
+    """Candidates each head keeps under a mass target: the best-ranked segments until their *estimated*
+    share of the attention mass reaches ``p``, between ``floor`` and ``ceil`` tokens. A meanvar score is
+    the log of a segment's estimated mean ``exp(scale q.k)``, so a segment's estimated mass is
+    ``L exp(score)``; the always-attended cells (sinks, window, tail) count with their exact mass, which
+    the attention pass computes anyway. ``[Hq]`` int."""
+    L, nc = geom.seg_len, geom.n_cand
+    always = np.flatnonzero(geom.always(len(valid)) & valid)
+    la = ref._logsumexp(_exact_logits(cap, k64, always), axis=1)  # [Hq] log mass of the always-attended cells
+    est = np.take_along_axis(sc, order, axis=1) + math.log(L)  # [Hq, nc] log mass, best first
+    top = est.max(axis=1, keepdims=True)
+    top = np.maximum(top, la[:, None])
+    cum = np.cumsum(np.exp(est - top), axis=1)  # [Hq, nc] estimated mass of the first j+1 candidates
+    base = np.exp(la - top[:, 0])  # [Hq]
+    total = base + cum[:, -1]
+    share = (base[:, None] + cum) / total[:, None]  # [Hq, nc] after keeping j+1
+    need = (share < m.option("p")).sum(axis=1) + 1  # first count whose share reaches p
+    lo = min(nc, int(m.option("floor") // L))
+    hi = min(nc, max(lo, int(m.option("ceil") // L)))
+    return np.clip(need, lo, hi).astype(np.int64)
+
+
+def twostage_order(
+    m: Method, cap: AttnCapture, order: np.ndarray, geom: Geometry, k64: np.ndarray
+) -> np.ndarray:
+    """Two-stage selection: the summaries' ``cand x top_k`` best candidates are rescored exactly (log of the
+    segment's attention mass from its keys, which stage two reads), and ranked first by that; the rest
+    keep the summaries' order. ``[Hq, n_cand]``."""
+    L, nc = geom.seg_len, geom.n_cand
+    n_c = min(nc, max(geom.k_sel, int(m.option("cand") * geom.k_sel)))
+    hq = order.shape[0]
+    out = order.copy()
+    for h in range(hq):
+        c = order[h, :n_c]  # candidate segments of head h
+        cells = (c[:, None] * L + np.arange(L)[None, :]).ravel()
+        lg = _exact_logits(cap, k64, cells)[h].reshape(n_c, L)
+        if geom.n_sink:  # the sinks are attended anyway: they do not make their segment a better pick
+            lg[cells.reshape(n_c, L) < geom.n_sink] = -np.inf
+        exact = ref._logsumexp(lg, axis=1)  # [n_c]
+        out[h, :n_c] = c[np.argsort(-exact, kind="stable")]
+    return out
 
 
 # -- one decode step ----------------------------------------------------------------------------------------
@@ -618,10 +543,14 @@ def analyse_step(
                 L = ref.seg_len_for(t_activate, m.cfg.aspect, m.cfg.seg_len_min)
                 n_seg = t_valid // L
             geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L, layer_ratio))
-            order = method_order(m, cap, p, geom, k64, valid, cache)
-            met = {k: _nanmean(x) for k, x in selection_metrics(p, order, geom, v64).items()}
-            met["attended"] = float(geom.always(n_kv)[valid].sum() + geom.k_sel * L)
-            met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g)
+            order, n_sel = method_order(m, cap, p, geom, k64, valid, cache)
+            met = {k: _nanmean(x) for k, x in selection_metrics(p, order, geom, v64, n_sel).items()}
+            kept = geom.k_sel if n_sel is None else float(n_sel.mean())
+            met["attended"] = float(geom.always(n_kv)[valid].sum() + kept * L)
+            met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g, n_sel)
+            # keys read to score exactly beyond the attended cells (two-stage), per head
+            n_c = min(geom.n_cand, max(geom.k_sel, int(m.option("cand") * geom.k_sel)))
+            met["keys_scored"] = float((n_c - geom.k_sel) * L) if m.kind == "twostage" else 0.0
             per[m.spec] = met
             res["geometry"][m.spec] = {
                 "seg_len": L,
@@ -635,45 +564,6 @@ def analyse_step(
 
 
 # -- driving a model ----------------------------------------------------------------------------------------
-def capture_decode(
-    model: Any,
-    capture: Capture,
-    tokens: Sequence[int],
-    n_ctx: int,
-    n_steps: int,
-    stride: int,
-    capture_cfg: RadarConfig,
-    on_step: Callable[[int, dict[int, AttnCapture]], None],
-    cache_dir: Any = None,
-    progress: Callable[[str], None] = log,
-) -> None:
-    """Prefill ``tokens[:n_ctx]`` (disk-cached, dense), switch Radar to ``capture_cfg``, then decode the
-    following tokens one step at a time (teacher forcing); every ``stride``-th step (from the first)
-    the radar_attn nodes are captured and handed to ``on_step(step, captures)``."""
-    from .eval import prefill_cached
-
-    if len(tokens) < n_ctx + (n_steps - 1) * stride:
-        raise ValueError(f"need {n_ctx + (n_steps - 1) * stride} tokens, got {len(tokens)}")
-    t0 = time.perf_counter()
-    how = prefill_cached(model, tokens[:n_ctx], cache_dir)
-    progress(f"# context {n_ctx}: {how} in {time.perf_counter() - t0:.0f} s")
-    model.set_radar(capture_cfg)
-    for step in range((n_steps - 1) * stride + 1):
-        capture.active = step % stride == 0
-        if step == 0:
-            model.prefill(tokens[:n_ctx])  # re-decodes token n_ctx-1: the first Radar decode step
-        else:
-            model.llama.eval([tokens[n_ctx + step - 1]])
-        capture.active = False
-        if step % stride == 0:
-            caps = capture.take()
-            if not caps:
-                raise RuntimeError(
-                    "no radar_attn node in the decode graph: is Radar on above dense_below, with flash attention?"
-                )
-            on_step(step, caps)
-
-
 def summarize_steps(steps: Sequence[dict]) -> dict:
     """Average per-step results: ``{"per_layer": {spec: {metric: [value per layer]}}, "mean": {spec: {metric:
     mean over layers}}, "check": {...}}`` (each layer's value is its mean over steps and heads)."""
@@ -806,34 +696,6 @@ def kv_bytes_per_step(
         else n_layer * n_head_kv * n_kv * head_dim * kv_bytes
     )
     return {"kv": n_layer * n_head_kv * cells * row, "summaries": summ, "cells_per_kv_head": float(cells)}
-
-
-def plot_per_layer(
-    summary: dict, metric: str, path: Any, title: str, specs: Optional[Sequence[str]] = None
-) -> Any:
-    """Per-layer ``metric`` of the methods ``specs`` (default all; one line each); None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("# matplotlib not installed: no plot")
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for spec, mets in summary["per_layer"].items():
-        if specs is not None and spec not in specs:
-            continue
-        ax.plot(summary["layers"], mets[metric], marker="o", ms=3, label=spec)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def fmt(x: float) -> str:

@@ -28,7 +28,7 @@ class RadarConfig:
         aspect: segment length is ``max(seg_len_min, sqrt(t) / aspect)`` for t cached tokens. The
             default 8 (L = 22 at 32k, 45 at 128k) was chosen by measurement over 2 (the paper's
             shape): better perplexity and needle retrieval at 32k for about 5% of GPU decode speed
-            (docs/quality.md, docs/performance.md, seventh session).
+            (docs/quality.md, docs/performance.md).
         seg_len_min: smallest segment length.
         dense_below: decode stays dense (exact) while the context holds fewer tokens; -1 (default)
             picks it by where the KV cache lives: 4096 on the CPU, 16384 on a GPU (measured

@@ -1,8 +1,8 @@
 """Time decode steps at a deep context on a tiny model, where the host's per-step work dominates.
 
-    python scripts/make_random_gguf.py --shape tiny-1l /tmp/tiny1l.gguf
-    python scripts/host_overhead.py /tmp/tiny1l.gguf --depth 128k --mode radar
-    LLAMA_KV_FAST_PATHS_DISABLE=1 python scripts/host_overhead.py /tmp/tiny1l.gguf --depth 128k --mode radar
+    python scripts/make_random_gguf.py --shape tiny-1l tiny1l.gguf
+    python scripts/host_overhead.py tiny1l.gguf --depth 128k --mode radar
+    LLAMA_KV_FAST_PATHS_DISABLE=1 python scripts/host_overhead.py tiny1l.gguf --depth 128k --mode radar
 
 With one 64-wide layer the model's own compute is tiny, so what grows with the depth is llama.cpp's
 per-step host work (KQ mask, KV bookkeeping) and the bindings'; profile it with

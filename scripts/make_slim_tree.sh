@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copy .dev/llama (the patched dev tree) to .dev/slim without docs, model vocabularies and unused
-# backends, so it fits the device tool's 64 MiB transfer: bash scripts/make_slim_tree.sh
+# backends, so it fits a remote GPU machine's 64 MiB transfer limit: bash scripts/make_slim_tree.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .dev/slim && mkdir -p .dev/slim

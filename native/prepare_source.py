@@ -7,8 +7,8 @@ bindings. This script
 
   1. downloads it with pip into a cache (once), and checks its sha256,
   2. unpacks it into --out (a fresh copy per build directory),
-  3. copies native/files/ over vendor/llama.cpp/ (new files: kernels),
-  4. applies native/patches/*.patch in order (git format-patch series against the pin).
+  3. copies native/files/ over vendor/llama.cpp/ (whole new files: the Radar CPU and CUDA kernels),
+  4. applies native/patches/*.patch in order (git format-patch series of edits to upstream files).
 
 A wrong hash or a patch that does not apply stops with a message that says which.
 Prints the path of the prepared tree on stdout (last line).

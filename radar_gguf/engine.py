@@ -507,7 +507,7 @@ class Model:
             llama.set_seed(seed)
 
         t0 = time.perf_counter()
-        n_prompt = self._prefill(tokens)
+        n_prompt = self._prefill(tokens, None, PREFILL_PIECE)
         t_prompt = time.perf_counter() - t0
         prompt_tps = n_prompt / t_prompt if t_prompt > 0 else 0.0
         self._timing.prompt_tokens, self._timing.prompt_s = n_prompt, t_prompt

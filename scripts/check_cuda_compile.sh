@@ -2,13 +2,13 @@
 # Compile check of the Radar CUDA backend on a machine without a GPU.
 #
 # Prepares the patched llama.cpp tree the way the package build does (native/prepare_source.py),
-# then compiles ggml-cuda/radar.cu and ggml-cuda/ggml-cuda.cu with `nvcc -c` for sm_90a, with the
-# definitions and flags of ggml's CMake build. Exits non-zero on a compile error; skips with exit 0
+# then compiles every ggml-cuda/radar*.cu (entry points and kernels, native/files) and ggml-cuda/ggml-cuda.cu
+# (which calls them, patch 0004) with `nvcc -c` for sm_90a, with the definitions and flags of ggml's CMake build. Exits non-zero on a compile error; skips with exit 0
 # only when nvcc is absent.
 #
 #   scripts/check_cuda_compile.sh                         # the tree the package would build
 #   RADAR_DEV_LLAMA_DIR=$PWD/.dev/llama scripts/check_cuda_compile.sh   # a developer tree
-#   RADAR_CUDA_CHECK_FILES="radar.cu" ...                 # only some ggml-cuda sources
+#   RADAR_CUDA_CHECK_FILES="radar-attn.cu" ...            # only some ggml-cuda sources
 #
 # ggml-cuda includes cublas_v2.h; when the CUDA toolkit has no cuBLAS headers, they are taken from
 # the nvidia-cublas wheel of the same CUDA major version (pip download, headers only, cached in
@@ -17,7 +17,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/build/cuda-check
 arch=${RADAR_CUDA_CHECK_ARCH:-90a}
-files=${RADAR_CUDA_CHECK_FILES:-"radar.cu ggml-cuda.cu"}
 
 nvcc=${NVCC:-$(command -v nvcc || true)}
 if [ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -36,9 +35,10 @@ else
 fi
 src=$llama/ggml/src
 if [ ! -f "$src/ggml-cuda/radar.cu" ]; then
-    echo "check_cuda_compile: $src/ggml-cuda/radar.cu is missing (native/ patches not exported?)" >&2
+    echo "check_cuda_compile: $src/ggml-cuda/radar.cu is missing (native/files not laid over the tree?)" >&2
     exit 1
 fi
+files=${RADAR_CUDA_CHECK_FILES:-"$(cd "$src/ggml-cuda" && echo radar*.cu) ggml-cuda.cu"}
 
 # cuBLAS headers
 cuda_version=$("$nvcc" --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1.\2/p')

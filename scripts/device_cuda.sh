@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# On a GPU machine (device tool): build the patched tree with CUDA, check the Radar ops CUDA vs CPU,
+# On a GPU machine: build the patched tree with CUDA, check the Radar ops CUDA vs CPU,
 # and benchmark decode with and without Radar on random-weight GGUFs with real shapes.
 #
 #   bash scripts/device_cuda.sh build      # configure + build test-backend-ops, llama-bench, llama-quantize
-#   bash scripts/device_cuda.sh test       # test-backend-ops -o RADAR_ATTN -b CUDA0 (CUDA vs CPU)
+#   bash scripts/device_cuda.sh test       # test-backend-ops -o RADAR_ATTN / RADAR_SUMMARIZE -b CUDA0 (CUDA vs CPU)
 #   bash scripts/device_cuda.sh bench SHAPE DEPTHS [KV]   # e.g. llama-1b 0,8192,32768,131072 "f16 q8_0" (REPS=3 NGEN=64)
 #   bash scripts/device_cuda.sh prefill SHAPE N           # prompt speed with and without Radar summaries
 #   bash scripts/device_cuda.sh e2e SHAPE DEPTH           # decode logits: Radar CUDA vs CPU, top-k >= all vs dense
 #   bash scripts/device_cuda.sh multigpu SHAPE DEPTH      # 2 GPUs, -sm layer: logits vs 1 GPU, and speed
 #   bash scripts/device_cuda.sh profile SHAPE DEPTH       # ncu: time of each decode attention kernel
 #
-# The source is .dev/slim (a copy of the dev tree without docs/models; carried by the device tool); the
+# The source is .dev/slim (a copy of the dev tree without docs/models, small enough to copy to the GPU machine); the
 # e2e checks need the pinned bindings (build/dev/pinned/llama_cpp_python-0.3.36/llama_cpp, carried).
 # Results go to $OUT (or results/ when OUT is unset).
 set -euo pipefail
@@ -20,10 +20,12 @@ bld=build/cuda
 out=${OUT:-results}
 bindings=build/dev/pinned/llama_cpp_python-0.3.36
 mkdir -p "$out"
+scratch=${RADAR_SCRATCH:-build/scratch}  # models and logs of this machine (random-weight GGUFs are GBs)
+mkdir -p "$scratch"
 
 # random-weight Q4_K_M GGUF of a real shape, made once per machine
 model() {
-    local m=/tmp/$1-f16.gguf q=/tmp/$1-q4_k_m.gguf
+    local m=$scratch/$1-f16.gguf q=$scratch/$1-q4_k_m.gguf
     if [ ! -f "$q" ]; then
         PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape "$1" "$m" > /dev/null
         "$bld/bin/llama-quantize" "$m" "$q" Q4_K_M > "$out/quantize-$1.log" 2>&1
@@ -32,7 +34,7 @@ model() {
     echo "$q"
 }
 # llama-bench, dense then Radar (LLAMA_RADAR=${RADAR_SPEC:-1}), same arguments: NAME-{dense,radar}.json
-# (MODES="radar": Radar only, e.g. for an A/B of GGML_CUDA_RADAR_UNFUSED=1)
+# (MODES="radar": Radar only)
 # and the verbose log (buffer sizes) gzipped beside it
 bench_modes() {
     local name=$1 mode env_radar
@@ -70,7 +72,11 @@ case "${1:-}" in
             || { tail -40 "$out/build.log"; exit 1; }
         ;;
     test)
-        "$bld/bin/test-backend-ops" -o RADAR_ATTN -b CUDA0 2>&1 | tee "$out/test-backend-ops-radar.log" | tail -15
+        for op in RADAR_ATTN RADAR_SUMMARIZE; do
+            log=$out/test-backend-ops-$(echo $op | tr A-Z_ a-z-)-cuda-vs-cpu.txt
+            "$bld/bin/test-backend-ops" -o $op -b CUDA0 > "$log" 2>&1 || { tail -30 "$log"; exit 1; }
+            echo "$op: $(grep -c "^  $op(.*OK" "$log") cases OK, $(grep -c "^  $op(.*FAIL" "$log") FAIL"; tail -3 "$log"
+        done
         ;;
     bench)
         shape=${2:-llama-1b}
@@ -94,7 +100,7 @@ case "${1:-}" in
         preload_libstdcxx
         run() { # name ngl radar-spec
             LLAMA_RADAR=$3 python3 scripts/radar_logits.py run "$q" --ngl "$2" --depth "$depth" --steps 32 \
-                --threads "$(nproc)" --out "/tmp/e2e-$1.npy" 2> "/tmp/e2e-$1.log" || { tail -20 "/tmp/e2e-$1.log"; exit 1; }
+                --threads "$(nproc)" --out "$scratch/e2e-$1.npy" 2> "$scratch/e2e-$1.log" || { tail -20 "$scratch/e2e-$1.log"; exit 1; }
         }
         # one threshold on both devices (the default differs: 4096 on the CPU, 16384 on a GPU)
         spec=${RADAR_SPEC:-dense_below=4096}
@@ -103,13 +109,13 @@ case "${1:-}" in
         run cuda-dense 99 0
         run cuda-radar 99 "$spec"
         run cuda-radar-all 99 "$spec,top_k=1000000"
-        cmp() { python3 scripts/radar_logits.py compare "/tmp/e2e-$1.npy" "/tmp/e2e-$2.npy" --envelope "/tmp/e2e-$3.npy" "/tmp/e2e-$4.npy"; }
+        cmp() { python3 scripts/radar_logits.py compare "$scratch/e2e-$1.npy" "$scratch/e2e-$2.npy" --envelope "$scratch/e2e-$3.npy" "$scratch/e2e-$4.npy"; }
         {
             cmp cpu-radar cuda-radar cpu-dense cuda-dense
             cmp cuda-dense cuda-radar-all cpu-dense cuda-dense
             cmp cuda-dense cuda-radar cpu-dense cuda-dense
         } | tee "$out/e2e-$shape-$depth.jsonl"
-        grep -h "Radar on\|cannot run" /tmp/e2e-*radar*.log | sort | uniq -c
+        grep -h "Radar on\|cannot run" $scratch/e2e-*radar*.log | sort | uniq -c
         ;;
     multigpu)
         shape=${2:-llama-1b}
@@ -119,13 +125,13 @@ case "${1:-}" in
         preload_libstdcxx
         for spec in 0 "${RADAR_SPEC:-dense_below=4096}"; do
             CUDA_VISIBLE_DEVICES=0 LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode none \
-                --depth "$depth" --steps 32 --out "/tmp/mg1-${spec:0:1}.npy" 2> "/tmp/mg1-${spec:0:1}.log"
+                --depth "$depth" --steps 32 --out "$scratch/mg1-${spec:0:1}.npy" 2> "$scratch/mg1-${spec:0:1}.log"
             LLAMA_RADAR=$spec python3 scripts/radar_logits.py run "$q" --ngl 99 --split-mode layer \
-                --depth "$depth" --steps 32 --out "/tmp/mg2-${spec:0:1}.npy" 2> "/tmp/mg2-${spec:0:1}.log"
+                --depth "$depth" --steps 32 --out "$scratch/mg2-${spec:0:1}.npy" 2> "$scratch/mg2-${spec:0:1}.log"
         done
-        { grep -o "assigned to device CUDA[0-9]*" /tmp/mg2-d.log | sort | uniq -c; grep -h "Radar buffer size\|Radar on" /tmp/mg2-d.log; }
+        { grep -o "assigned to device CUDA[0-9]*" $scratch/mg2-d.log | sort | uniq -c; grep -h "Radar buffer size\|Radar on" $scratch/mg2-d.log; }
         {
-            python3 scripts/radar_logits.py compare /tmp/mg1-d.npy /tmp/mg2-d.npy --envelope /tmp/mg1-0.npy /tmp/mg2-0.npy
+            python3 scripts/radar_logits.py compare $scratch/mg1-d.npy $scratch/mg2-d.npy --envelope $scratch/mg1-0.npy $scratch/mg2-0.npy
         } | tee "$out/multigpu-$shape-$depth.jsonl"
         bench_modes "bench-2gpu-$shape" -m "$q" -fa 1 -ngl 99 -sm layer -p 0 -n 64 -d "$depth" -r 3
         ;;
@@ -138,14 +144,14 @@ case "${1:-}" in
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
             LLAMA_RADAR=$env_radar "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
                 -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)" --launch-count 400 \
-                "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 8 -d "$depth" -r 1 > "/tmp/ncu-$mode.csv" 2> /tmp/ncu-$mode.log \
-                || { tail -5 /tmp/ncu-$mode.log; }
-            python3 scripts/ncu_summary.py "/tmp/ncu-$mode.csv" | tee "$out/profile-$shape-$depth-$mode.txt"
+                "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 8 -d "$depth" -r 1 > "$scratch/ncu-$mode.csv" 2> $scratch/ncu-$mode.log \
+                || { tail -5 $scratch/ncu-$mode.log; }
+            python3 scripts/ncu_summary.py "$scratch/ncu-$mode.csv" | tee "$out/profile-$shape-$depth-$mode.txt"
         done
         ;;
     fallback)
         # a head size the CUDA kernels don't cover: Radar must refuse (log line) and decode stay dense
-        m=/tmp/d80-f16.gguf
+        m=$scratch/d80-f16.gguf
         [ -f "$m" ] || PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape d80-small "$m" > /dev/null
         LLAMA_RADAR=1 "$bld/bin/llama-bench" -m "$m" -fa 1 -ngl 99 -p 0 -n 16 -d 8192 -r 1 -v 2>&1 \
             | grep -E "Radar|radar|avg_ts|t/s|tg16" | tee "$out/fallback-d80.log"

@@ -12,6 +12,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "slow: more than ~10 s on 2 CPU cores (long prefills, long sessions, subprocess runs of the model);"
+        ' deselect with -m "not slow" for a quick loop (CI runs everything)',
+    )
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     from radar_gguf.models import default_model_path

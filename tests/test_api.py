@@ -65,6 +65,7 @@ def test_radar_needs_flash_attention(model_path):
         radar_gguf.load(model_path, ctx=512, flash_attn=False)
 
 
+@pytest.mark.slow  # ~90 s on 2 cores: 72 sampled tokens
 def test_sampling_is_seeded_and_random(model):
     """temperature > 0: the same seed repeats the text, another seed changes it."""
     prompt = "Write a list of ten random animal names:"

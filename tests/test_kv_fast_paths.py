@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 SCRIPT = r"""
 import sys
@@ -50,6 +51,7 @@ def _logits(model_path, tmp_path, disable: bool) -> np.ndarray:
     return np.load(out)
 
 
+@pytest.mark.slow  # two subprocesses, each loads the model twice and prefills 400 tokens
 def test_fast_mask_and_seq_rm_give_the_same_logits(model_path, tmp_path):
     fast = _logits(model_path, tmp_path, disable=False)
     slow = _logits(model_path, tmp_path, disable=True)

@@ -4,14 +4,15 @@
   context lengths, Gemma 3 270M through the sliding-window/iSWA cache);
 - consistency: after seq_rm (truncate/regenerate), state save+load and a context shift, the next
   token's logits equal those of the same context with every summary rebuilt from scratch;
-- two sequences decoded together give the tokens each gives alone.
+- two sequences decoded together: each decodes the same whatever the other holds.
 
 Tolerance of "equal to dense": ggml's CPU flash attention (the dense path) rounds q to f16 and
 accumulates V in f16, Radar's kernel accumulates in f32, so the two differ by float noise that 24
 layers amplify (max |dlogit| ~0.3 on the bundled model). The noise envelope is measured in the
 test itself: the same logits through llama.cpp's non-flash f32 attention path. Radar with every
 segment must be as close to flash attention as flash attention is to that f32 path (x2), with the
-same argmax; a 128-token Radar selection lands far outside (asserted, so the check can fail).
+same argmax (unless the top two are a near-tie inside that envelope); a small Radar selection lands
+far outside (asserted, so the check can fail).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import radar_gguf
 from radar_gguf import RadarConfig
 from radar_gguf.config import DENSE_BELOW_CPU
 from radar_gguf.lab.corpus import essay_tokens
+
+# every test here prefills 600 to 2200 tokens, some several times: minutes on 2 cores
+pytestmark = pytest.mark.slow
 
 # fixed segment length (aspect so large that L = seg_len_min): selection does not depend on history
 EXACT = RadarConfig(dense_below=256, aspect=1000.0, seg_len_min=16, top_k=1_000_000)
@@ -51,7 +55,9 @@ def assert_dense_equal(radar, fa, f32):
     """radar ~ fa within twice fa's own distance to the f32 path (mean and max |dlogit|)."""
     noise = np.abs(fa - f32)
     err = np.abs(radar - fa)
-    assert radar.argmax() == fa.argmax()
+    top, pick = fa.argmax(), radar.argmax()
+    # the same argmax, unless fa's top two are closer than the max |dlogit| the envelope allows
+    assert pick == top or fa[top] - fa[pick] <= 2 * noise.max(), (top, pick, fa[top] - fa[pick])
     assert err.mean() <= 2 * noise.mean() + 1e-3, (err.mean(), noise.mean())
     assert err.max() <= 2 * noise.max() + 1e-2, (err.max(), noise.max())
     return noise
@@ -189,9 +195,14 @@ def test_decode_summarizes_only_completed_segments(qwen):
     assert llama_cpp.llama_perf_context(qwen.llama.ctx).n_reused - reused0 >= 30
 
 
-def test_two_sequences_decode_like_each_alone(model_path, essays_available):
-    """n_seq_max=2 (one KV stream each): greedy tokens of both sequences decoded in one batch equal
-    the tokens of each decoded alone."""
+def test_two_sequences_decode_independently(model_path, essays_available):
+    """n_seq_max=2 (one KV stream each), both sequences decoded in one batch: what a sequence decodes
+    (every step's logits, bit for bit) does not depend on the sequence beside it.
+
+    Like with like: the reference for a sequence is the same two-sequence batch with another prompt in
+    the other stream (the same batch shape, the same kernels, the same KV view: every prompt is cut to
+    the same length), not the sequence decoded alone, whose one-token ubatch may take another float
+    path. A stream reading the other's cells or Radar summaries changes its logits with the partner."""
     C = radar_gguf._lib.bindings()
     from radar_gguf import _lib
 
@@ -212,14 +223,15 @@ def test_two_sequences_decode_like_each_alone(model_path, essays_available):
         return ctx
 
     text = radar_gguf.lab.corpus.essays_text()
-    prompts = [text[:2600], text[5000:7700]]
+    n_prompt = 400  # every prompt: the KV view (n_kv) is the same whichever two are decoded together
 
     def tok(s):
         buf = (C.llama_token * 1024)()
         n = C.llama_tokenize(vocab, s.encode(), len(s.encode()), buf, 1024, True, False)
-        return list(buf[: min(n, 700)])
+        assert n >= n_prompt, n
+        return list(buf[:n_prompt])
 
-    prompts = [tok(p) for p in prompts]
+    prompts = [tok(text[i : i + 2600]) for i in (0, 5000, 10000)]
     batch = C.llama_batch_init(512, 0, 2)
 
     def decode(ctx, items):  # items: (token, pos, seq, want_logits)
@@ -229,41 +241,37 @@ def test_two_sequences_decode_like_each_alone(model_path, essays_available):
             batch.seq_id[i][0], batch.logits[i] = seq, lg
         assert C.llama_decode(ctx, batch) == 0
 
-    def greedy(ctx, i):
-        return int(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).argmax())
+    def logits(ctx, i):
+        return np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
 
-    def run(ctx, which, steps=6):
-        """Prefill prompts[which[i]] as sequence i, then decode all sequences together, greedily."""
-        seqs = range(len(which))
-        out = {s: [] for s in seqs}
-        last = {}
-        for s in seqs:
-            p = prompts[which[s]]
-            for j in range(0, len(p), 512):
-                chunk = p[j : j + 512]
-                decode(ctx, [(tk, j + k, s, j + k == len(p) - 1) for k, tk in enumerate(chunk)])
-            last[s] = greedy(ctx, -1)
-        pos = {s: len(prompts[which[s]]) for s in seqs}
-        for _ in range(steps):
-            for s in seqs:
-                out[s].append(last[s])
-            decode(ctx, [(last[s], pos[s], s, True) for s in seqs])  # one decode ubatch, all sequences
-            for i, s in enumerate(seqs):
-                last[s] = greedy(ctx, i)
-                pos[s] += 1
-        return [out[s] for s in seqs]
+    def run(which, steps=6):
+        """In a fresh two-stream context, prefill prompts[which[s]] as sequence s, then decode both
+        together, greedily: per sequence, the logits of every step."""
+        ctx = make_ctx(2)
+        try:
+            out: dict = {0: [], 1: []}
+            for s in (0, 1):
+                p = prompts[which[s]]
+                for j in range(0, len(p), 512):
+                    chunk = p[j : j + 512]
+                    decode(ctx, [(tk, j + k, s, j + k == len(p) - 1) for k, tk in enumerate(chunk)])
+                out[s].append(logits(ctx, -1))
+            for step in range(steps):
+                # one decode ubatch, both sequences
+                decode(ctx, [(int(out[s][-1].argmax()), n_prompt + step, s, True) for s in (0, 1)])
+                for s in (0, 1):
+                    out[s].append(logits(ctx, s))
+            assert _lib.radar_stats(ctx).n_decode_radar > 0
+            return [np.stack(out[s]) for s in (0, 1)]
+        finally:
+            C.llama_free(ctx)
 
     try:
-        both_ctx = make_ctx(2)
-        both = run(both_ctx, [0, 1])
-        st = _lib.radar_stats(both_ctx)
-        assert st.n_decode_radar > 0
-        C.llama_free(both_ctx)
-        for s in (0, 1):
-            ctx = make_ctx(1)
-            alone = run(ctx, [s])[0]
-            C.llama_free(ctx)
-            assert both[s] == alone
+        both = run([0, 1])
+        np.testing.assert_array_equal(run([0, 2])[0], both[0])  # sequence 0 beside another partner
+        np.testing.assert_array_equal(run([2, 1])[1], both[1])  # sequence 1 likewise
+        # the partners really differ: a stream that read the other's cells would show it
+        assert np.abs(both[0] - both[1]).mean() > 1.0
     finally:
         C.llama_batch_free(batch)
         C.llama_model_free(model)
@@ -280,11 +288,21 @@ def test_gemma3_iswa_exact(essays_available):
         dense = next_logits(m, t, DENSE)
         exact = next_logits(m, t, EXACT)
         assert m.radar_stats().n_decode_radar > 0
-        sparse = next_logits(m, t, SPARSE.replace(budget_max_scale=1.0))
+        next_logits(m, t, SPARSE.replace(budget_max_scale=1.0))
         narrow = m.radar_stats().n_attended
         next_logits(m, t, SPARSE)
         wide = m.radar_stats().n_attended
         # 3 global layers of 18: the default budget_max_scale (8) lets them select 18/3 = 6x the budget
         assert wide < 1200 and wide - narrow == 5 * SPARSE.token_budget
+        sparse = next_logits(m, t, SPARSE.replace(budget_max_scale=1.0, token_budget=32, n_recent=16))
     noise = assert_dense_equal(exact, dense, f32_path_logits(path, t))
-    assert np.abs(sparse - dense).mean() > 2 * noise.mean()
+    # The control: a sparse selection falls outside the envelope assert_dense_equal accepts. Radar acts
+    # on 3 layers of 18 only, so sparsity barely moves the mean |dlogit| (0.25-0.29 for budgets 16-128
+    # on an AVX-512 host) while the flash-vs-f32 noise is large (mean 0.136: a 2x bound of 0.27, no
+    # margin); it shows in the largest logit moves: max |dlogit| 4.5 at a 32-token budget, against a
+    # bound of 2 x 0.91 there. Asserted with a further factor 1.5 over the bound, so that the control
+    # still holds where another CPU's kernels make the noise half again as large.
+    assert np.abs(sparse - dense).max() > 1.5 * (2 * noise.max() + 1e-2), (
+        np.abs(sparse - dense).max(),
+        noise.max(),
+    )

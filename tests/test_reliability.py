@@ -147,12 +147,32 @@ def test_two_models_in_two_threads(model_path):
         assert got == {0: [want[0]] * 3, 1: [want[1]] * 3}
 
 
+def _again(m, prompt):
+    """Greedy tokens from whatever the context holds now (no reset: the shared prefix is reused)."""
+    return [r.token for r in m.stream_generate(prompt, max_tokens=6, add_bos=False)]
+
+
 def test_one_model_shared_by_two_threads_is_serialized(model_path):
     """Generations from two threads on one model take turns (the second waits for the first to end)
-    and each gives what it gives alone; a second open generation in the same thread is refused."""
+    and each gives what the same call gives alone after the same predecessor; a second open generation
+    in the same thread is refused.
+
+    Like with like: a prompt that follows itself reuses the context (its last token is evaluated alone,
+    another batch shape, other float rounding: on some CPUs other tokens), one that follows the other
+    prompt (no common prefix) or an empty context is prefilled in one batch. So the reference for each
+    generation is the same call after the same predecessor, made from one thread. An unserialized model
+    fails: the token events interleave, and each thread's decode lands in the other's context."""
     with radar_gguf.load(model_path, ctx=512, threads=1) as m:
-        want = [_greedy(m, p) for p in PROMPTS]
+        assert m.tokenize(PROMPTS[0], add_bos=False)[0] != m.tokenize(PROMPTS[1], add_bos=False)[0]
+        want: dict = {}  # (prompt, prompt of the previous generation or None) -> tokens
+        for i, p in enumerate(PROMPTS):
+            want[i, None] = _greedy(m, p)
+            for prev in (0, 1):
+                _greedy(m, PROMPTS[prev])
+                want[i, prev] = _again(m, p)
+        m.reset()
         events: list = []
+        order: list = []  # the thread of each generation, in the order they held the model
         got: dict = {}
 
         def worker(i):
@@ -160,6 +180,8 @@ def test_one_model_shared_by_two_threads_is_serialized(model_path):
             for _ in range(3):
                 toks = []
                 for r in m.stream_generate(PROMPTS[i], max_tokens=6, add_bos=False):
+                    if not toks:  # the first token comes while this generation holds the model
+                        order.append(i)
                     events.append(i)
                     toks.append(r.token)
                     time.sleep(0.001)  # invite the other thread in between tokens
@@ -171,7 +193,11 @@ def test_one_model_shared_by_two_threads_is_serialized(model_path):
             t.start()
         for t in ts:
             t.join(300)
-        assert got == {0: [want[0]] * 3, 1: [want[1]] * 3}
+        assert sorted(order) == [0, 0, 0, 1, 1, 1], order
+        expect: dict = {0: [], 1: []}
+        for k, i in enumerate(order):
+            expect[i].append(want[i, order[k - 1] if k else None])
+        assert got == expect, order
         # serialized: the token events come in whole generations (no interleaving inside one)
         blocks = [events[0]]
         for e in events[1:]:
@@ -186,7 +212,7 @@ def test_one_model_shared_by_two_threads_is_serialized(model_path):
         with pytest.raises(RuntimeError, match="still open"):
             m.reset()
         gen.close()
-        assert _greedy(m, PROMPTS[1]) == want[1]  # free again once closed
+        assert _greedy(m, PROMPTS[1]) == want[1, None]  # free again once closed
 
 
 # -- interrupts -----------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ def test_directory_instead_of_file(tmp_path):
     assert_clean_error(run_model(folder), folder, "is a directory")
 
 
+@pytest.mark.slow  # twelve subprocesses
 def test_random_header_bytes_never_crash(seed, tmp_path):
     """Twelve files with one header byte flipped each: each ends in an answer or a clean error."""
     import random

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import run_cli
 
 Q1 = "My name is Ada and my favourite colour is teal. Reply with OK."
@@ -21,6 +22,7 @@ def _follow_up(out: str) -> tuple[int, str, int]:
     return int(ctx.group(1)), out[ctx.end() : stats.start()].strip(), int(stats.group(1))
 
 
+@pytest.mark.slow  # three REPL subprocesses, two turns each
 def test_save_load_resumes_without_prefill(tmp_path, model_path):
     session = tmp_path / "chat.session"
     one = run_cli(str(model_path), *ARGS, input=f"{Q1}\n/ctx\n{Q2}\n/stats\n")

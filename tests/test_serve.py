@@ -102,12 +102,18 @@ def test_chat_completion(server):
     u = body["usage"]
     assert u["prompt_tokens"] > 10 and 1 <= u["completion_tokens"] <= 8
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
-    # the same conversation again: its prompt is already in the context
-    status, again = post(
-        server, "/v1/chat/completions", {"messages": CAPITAL, "max_tokens": 8, "temperature": 0}
-    )
-    assert again["choices"][0]["message"]["content"] == choice["message"]["content"]
-    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == u["prompt_tokens"] - 1
+    # the same conversation again: its prompt is already in the context (all but its last token, which
+    # is evaluated alone: another batch shape than the first request's prefill, other float rounding,
+    # so on some CPUs other words; the answer stays right). A third time takes the second's path exactly
+    # (the same reused cells, the same last token alone): the same reply, bit for bit.
+    again = [
+        post(server, "/v1/chat/completions", {"messages": CAPITAL, "max_tokens": 8, "temperature": 0})[1]
+        for _ in range(2)
+    ]
+    assert "Paris" in again[0]["choices"][0]["message"]["content"]
+    assert again[1]["choices"][0]["message"]["content"] == again[0]["choices"][0]["message"]["content"]
+    for a in again:
+        assert a["usage"]["prompt_tokens_details"]["cached_tokens"] == u["prompt_tokens"] - 1
 
 
 def test_streaming_chat(server):
@@ -136,6 +142,7 @@ def test_streaming_chat(server):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: four completions of up to 24 tokens
 def test_streaming_completion_and_stop(server):
     status, resp = post(
         server,
@@ -151,9 +158,13 @@ def test_streaming_completion_and_stop(server):
     assert "Paris" in "".join(c["choices"][0]["text"] for c in chunks)
     # a stop string never leaks, not even its first characters, when streamed piece by piece
     body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 24, "temperature": 0, "stop": [" 9,"]}
-    status, plain = post(server, "/v1/completions", body)
-    assert status == 200 and plain["choices"][0]["finish_reason"] == "stop", plain
-    assert plain["choices"][0]["text"].rstrip().endswith("8,")
+    # like with like: the streamed request is compared with a plain one that reused the prompt's cells
+    # as it does (a first request prefills the whole prompt in one batch: other rounding, on some CPUs
+    # other tokens)
+    for _ in range(2):
+        status, plain = post(server, "/v1/completions", body)
+        assert status == 200 and plain["choices"][0]["finish_reason"] == "stop", plain
+        assert plain["choices"][0]["text"].rstrip().endswith("8,")
     status, resp = post(server, "/v1/completions", {**body, "stream": True}, raw=True)
     streamed = "".join(json.loads(e)["choices"][0]["text"] for e in sse_events(resp)[:-1])
     assert streamed == plain["choices"][0]["text"]

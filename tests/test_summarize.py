@@ -61,6 +61,7 @@ def test_short_markdown_in_one_pass(tmp_path, model_path):
     assert "Pellam" in other or "tax" in other, text
 
 
+@pytest.mark.slow  # map-reduce: several chunks, each prefilled and summarized
 def test_long_text_is_map_reduced(tmp_path, model_path):
     doc = tmp_path / "long.txt"
     doc.write_text(_long_text())
@@ -81,6 +82,7 @@ def test_stdin_to_stdout(model_path):
     assert r.stderr == ""  # -q: no progress
 
 
+@pytest.mark.slow  # summarizes a first chunk before the interrupt
 def test_ctrl_c_saves_the_chunks_done(tmp_path, model_path):
     doc = tmp_path / "long.txt"
     doc.write_text(_long_text())

@@ -1,0 +1,601 @@
+// Radar sparse decode attention: the CPU kernels of GGML_OP_RADAR_SUMMARIZE and GGML_OP_RADAR_ATTN (the
+// reference the other backends match) and the sizes of their work buffers (ggml_graph_plan).
+// See ggml_radar_summarize / ggml_radar_attn in ggml.h and docs/radar-ops.md in radar_gguf.
+#include "ops.h"
+
+#include "ggml-cpu.h"
+#include "ggml-cpu-impl.h"
+#include "ggml-impl.h"
+#include "vec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+// ggml_compute_forward_radar_summarize
+
+// work buffer per thread, in floats (see ggml_graph_plan)
+size_t ggml_radar_summarize_wsize(const ggml_tensor * dst) {
+    const int64_t W = dst->src[0]->ne[0];
+    const int64_t D = dst->src[1]->ne[0];
+    const int64_t m = dst->src[4] ? dst->src[4]->ne[1] : 0;
+    return D + 4*D + 6*m + W + CACHE_LINE_SIZE_F32;
+}
+
+// f16 summaries saturate instead of overflowing to inf: a huge variance or bound must still rank
+static inline ggml_fp16_t radar_fp32_to_fp16_sat(float x) {
+    return GGML_CPU_FP32_TO_FP16(x > 65504.0f ? 65504.0f : (x < -65504.0f ? -65504.0f : x));
+}
+
+void ggml_compute_forward_radar_summarize(
+        const ggml_compute_params * params,
+        ggml_tensor * dst) {
+
+    const ggml_tensor * s     = dst->src[0];
+    const ggml_tensor * k     = dst->src[1];
+    const ggml_tensor * mask  = dst->src[2];
+    const ggml_tensor * ids   = dst->src[3];
+    const ggml_tensor * omega = dst->src[4];
+
+    const enum ggml_radar_score score = (enum ggml_radar_score) ggml_get_op_params_i32(dst, 0);
+    const int64_t               L     = ggml_get_op_params_i32(dst, 1);
+    const float                 scale = ggml_get_op_params_f32(dst, 2);
+
+    GGML_TENSOR_LOCALS(int64_t, nek, k,    ne)
+    GGML_TENSOR_LOCALS(size_t,  nbk, k,    nb)
+    GGML_TENSOR_LOCALS(int64_t, nem, mask, ne)
+    GGML_TENSOR_LOCALS(size_t,  nbm, mask, nb)
+    GGML_TENSOR_LOCALS(int64_t, nes, s,    ne)
+    GGML_TENSOR_LOCALS(size_t,  nbs, s,    nb)
+
+    const int64_t D     = nek0;
+    const int64_t n_hkv = nek1;
+    const int64_t n_kv  = nek2;
+    const int64_t n_str = nek3;
+    const int64_t n_upd = ids->ne[0];
+    const int64_t W     = nes0;
+    const int64_t m     = omega ? omega->ne[1] : 0;
+
+    GGML_ASSERT(nbk0 == ggml_type_size(k->type));
+    GGML_ASSERT(score != GGML_RADAR_SCORE_RF || m > 0);
+
+    ggml_to_float_t const k_to_float = ggml_get_type_traits(k->type)->to_float;
+    GGML_ASSERT((k->type == GGML_TYPE_F32 || k_to_float) && "radar_summarize: unsupported K-type");
+
+    const int ith = params->ith;
+    const int nth = params->nth;
+
+    float  * kf   = (float *) params->wdata + ith*ggml_radar_summarize_wsize(dst);
+    double * acc0 = (double *) (kf + D);    // [D] sum / min
+    double * acc1 = acc0 + D;               // [D] sum of squares / max
+    float  * feat = (float *) (acc1 + D);   // [2m] feature logs of one key
+    float  * fmax = feat + 2*m;             // [2m] running max
+    float  * fsum = fmax + 2*m;             // [2m] running sum of exp(f - max)
+    float  * orow = fsum + 2*m;             // [W] the summary row in f32, before it is stored in s's type
+
+    const float xs = sqrtf(scale); // random features approximate exp(x_q.x_k) with x = v*sqrt(scale)
+
+    // one work item = (listed segment, kv head, stream)
+    const int64_t n_items = n_upd*n_hkv*n_str;
+    for (int64_t it = ith; it < n_items; it += nth) {
+        const int64_t iu = it % n_upd;
+        const int64_t h  = (it / n_upd) % n_hkv;
+        const int64_t st = it / (n_upd*n_hkv);
+
+        const int32_t seg = *(const int32_t *) ((const char *) ids->data + iu*ids->nb[0] + st*ids->nb[1]);
+        if (seg < 0 || seg >= nes2) {
+            continue;
+        }
+
+        // validity comes from the last mask row of the stream: it sees every cell of its sequence
+        const char * mrow = (const char *) mask->data + (nem1 - 1)*nbm1 + st*nbm3;
+
+        const int64_t c0 = seg*L;
+        const int64_t c1 = MIN(c0 + L, n_kv);
+
+        int64_t n = 0;
+        for (int64_t d = 0; d < D; ++d) {
+            acc0[d] = (score == GGML_RADAR_SCORE_MINMAX) ?  INFINITY : 0.0;
+            acc1[d] = (score == GGML_RADAR_SCORE_MINMAX) ? -INFINITY : 0.0;
+        }
+        for (int64_t j = 0; j < 2*m; ++j) {
+            fmax[j] = -INFINITY;
+            fsum[j] = 0.0f;
+        }
+
+        for (int64_t c = c0; c < c1; ++c) {
+            const float mv = mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mrow)[c])
+                                                         : ((const float *) mrow)[c];
+            if (mv == -INFINITY) {
+                continue;
+            }
+            const char * kr = (const char *) k->data + h*nbk1 + c*nbk2 + st*nbk3;
+            const float * kv = (const float *) kr;
+            if (k->type == GGML_TYPE_F16) {
+                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) kr, kf, D);
+                kv = kf;
+            } else if (k_to_float) {
+                k_to_float(kr, kf, D);
+                kv = kf;
+            }
+            n++;
+
+            switch (score) {
+                case GGML_RADAR_SCORE_MEAN:
+                case GGML_RADAR_SCORE_MEANVAR:
+                    for (int64_t d = 0; d < D; ++d) {
+                        acc0[d] += kv[d];
+                        acc1[d] += (double) kv[d]*kv[d];
+                    }
+                    break;
+                case GGML_RADAR_SCORE_MINMAX:
+                    for (int64_t d = 0; d < D; ++d) {
+                        acc0[d] = MIN(acc0[d], (double) kv[d]);
+                        acc1[d] = MAX(acc1[d], (double) kv[d]);
+                    }
+                    break;
+                case GGML_RADAR_SCORE_RF:
+                    {
+                        float nx2 = 0.0f;
+                        ggml_vec_dot_f32(D, &nx2, 0, kv, 0, kv, 0, 1);
+                        const float half = 0.5f*nx2*scale;
+                        for (int64_t j = 0; j < m; ++j) {
+                            // omega column j: contiguous over D
+                            const float * w = (const float *) ((const char *) omega->data + j*omega->nb[1]);
+                            float wx = 0.0f;
+                            ggml_vec_dot_f32(D, &wx, 0, w, 0, kv, 0, 1);
+                            feat[j]     =  wx*xs - half;
+                            feat[j + m] = -wx*xs - half;
+                        }
+                        for (int64_t j = 0; j < 2*m; ++j) {
+                            if (feat[j] > fmax[j]) {
+                                fsum[j] = fsum[j]*expf(fmax[j] - feat[j]) + 1.0f;
+                                fmax[j] = feat[j];
+                            } else {
+                                fsum[j] += expf(feat[j] - fmax[j]);
+                            }
+                        }
+                    } break;
+                case GGML_RADAR_SCORE_ORACLE:
+                    break;
+                default:
+                    GGML_ABORT("fatal error");
+            }
+        }
+
+        float * out = s->type == GGML_TYPE_F32 ? (float *) ((char *) s->data + h*nbs1 + seg*nbs2 + st*nbs3) : orow;
+        memset(out, 0, W*sizeof(float));
+        out[W - 1] = (float) n;
+        switch (n == 0 ? GGML_RADAR_SCORE_ORACLE : score) {
+            case GGML_RADAR_SCORE_MEAN:
+            case GGML_RADAR_SCORE_MEANVAR:
+                for (int64_t d = 0; d < D; ++d) {
+                    const double mu = acc0[d]/n;
+                    out[d]     = (float) mu;
+                    out[D + d] = (float) MAX(acc1[d]/n - mu*mu, 0.0);
+                }
+                break;
+            case GGML_RADAR_SCORE_MINMAX:
+                for (int64_t d = 0; d < D; ++d) {
+                    out[d]     = (float) acc0[d];
+                    out[D + d] = (float) acc1[d];
+                }
+                break;
+            case GGML_RADAR_SCORE_RF:
+                {
+                    const float log_n = logf((float) n);
+                    for (int64_t j = 0; j < 2*m; ++j) {
+                        out[j] = fmax[j] + logf(fsum[j]) - log_n;
+                    }
+                } break;
+            default:
+                break;
+        }
+        if (s->type == GGML_TYPE_F16) {
+            ggml_fp16_t * o16 = (ggml_fp16_t *) ((char *) s->data + h*nbs1 + seg*nbs2 + st*nbs3);
+            for (int64_t i = 0; i < W; ++i) {
+                o16[i] = radar_fp32_to_fp16_sat(orow[i]);
+            }
+        }
+    }
+}
+
+// ggml_compute_forward_radar_attn
+
+size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
+    const int64_t DK    = dst->src[1]->ne[0];
+    const int64_t DV    = dst->src[2]->ne[0];
+    const int64_t G     = dst->src[0]->ne[2]/dst->src[1]->ne[2];
+    const int64_t n_seg = dst->src[4]->ne[2];
+    const int64_t m     = dst->src[6] ? dst->src[6]->ne[1] : 0;
+    const int64_t W     = dst->src[4]->ne[0];
+    return (G + 3)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + 2*CACHE_LINE_SIZE_F32 + 16;
+}
+
+// shared by the threads, after their own buffers: the segment scores of every query head
+size_t ggml_radar_attn_wsize_shared(const ggml_tensor * dst) {
+    const int64_t n_hq  = dst->src[0]->ne[2];
+    const int64_t ns    = dst->src[0]->ne[3];
+    const int64_t n_seg = dst->src[4]->ne[2];
+    return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32;
+}
+
+// MEAN, MEANVAR, MINMAX scores of one summary row for the G query heads of its KV head: qg, q2g are
+// the heads' queries and their squares [G, D]; the row stays in L1 across the heads
+static void radar_score_row_group(
+        enum ggml_radar_score score, const float * qg, const float * q2g, const float * row, int64_t D, int64_t G,
+        float scale, float * out, int64_t out_stride) {
+    for (int64_t g = 0; g < G; ++g) {
+        const float * q = qg + g*D;
+        float r;
+        if (score == GGML_RADAR_SCORE_MINMAX) {
+            constexpr int64_t NL = 8; // partial sums in lanes: vectorizes without reassociation
+            float a[NL] = { 0.0f };
+            for (int64_t d = 0; d < D; ++d) {
+                a[d % NL] += MAX(q[d]*row[d], q[d]*row[D + d]);
+            }
+            r = scale*(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+        } else {
+            float a = 0.0f;
+            ggml_vec_dot_f32(D, &a, 0, q, 0, row, 0, 1);
+            r = scale*a;
+            if (score == GGML_RADAR_SCORE_MEANVAR) {
+                float b = 0.0f;
+                ggml_vec_dot_f32(D, &b, 0, q2g + g*D, 0, row + D, 0, 1);
+                r += 0.5f*scale*scale*b;
+            }
+        }
+        out[g*out_stride] = std::isnan(r) ? -INFINITY : r;
+    }
+}
+
+// RF: log-space score of one summarized segment, lq = the query's feature logs [2m]
+static float radar_score_rf(const float * lq, const float * row, int64_t m) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < 2*m; ++j) {
+        mx = MAX(mx, lq[j] + row[j]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < 2*m; ++j) {
+        sum += expf(lq[j] + row[j] - mx);
+    }
+    return mx + logf(sum);
+}
+
+void ggml_compute_forward_radar_attn(
+        const ggml_compute_params * params,
+        ggml_tensor * dst) {
+
+    const ggml_tensor * q     = dst->src[0];
+    const ggml_tensor * k     = dst->src[1];
+    const ggml_tensor * v     = dst->src[2];
+    const ggml_tensor * mask  = dst->src[3];
+    const ggml_tensor * s     = dst->src[4];
+    const ggml_tensor * info  = dst->src[5];
+    const ggml_tensor * omega = dst->src[6];
+    const ggml_tensor * sinks = dst->src[7];
+
+    const enum ggml_radar_score score = (enum ggml_radar_score) ggml_get_op_params_i32(dst, 0);
+    const int64_t L        = ggml_get_op_params_i32(dst, 1);
+    const int64_t top_k    = ggml_get_op_params_i32(dst, 2);
+    const int64_t n_sink   = ggml_get_op_params_i32(dst, 3);
+    const int64_t n_recent = ggml_get_op_params_i32(dst, 4);
+    const bool    shared   = ggml_get_op_params_i32(dst, 5) != 0;
+    const float   scale    = ggml_get_op_params_f32(dst, 6);
+    const float   max_bias = ggml_get_op_params_f32(dst, 7);
+    const float   softcap  = ggml_get_op_params_f32(dst, 8);
+
+    GGML_TENSOR_LOCALS(int64_t, neq, q,   ne)
+    GGML_TENSOR_LOCALS(size_t,  nbq, q,   nb)
+    GGML_TENSOR_LOCALS(int64_t, nek, k,   ne)
+    GGML_TENSOR_LOCALS(size_t,  nbk, k,   nb)
+    GGML_TENSOR_LOCALS(int64_t, nev, v,   ne)
+    GGML_TENSOR_LOCALS(size_t,  nbv, v,   nb)
+    GGML_TENSOR_LOCALS(size_t,  nbs, s,   nb)
+    GGML_TENSOR_LOCALS(size_t,  nb,  dst, nb)
+
+    const int64_t DK    = nek0;
+    const int64_t DV    = nev0;
+    const int64_t n_kv  = nek1;
+    const int64_t n_hq  = neq2;
+    const int64_t n_hkv = nek2;
+    const int64_t G     = n_hq/n_hkv;
+    const int64_t m     = omega ? omega->ne[1] : 0;
+    const int64_t W     = s->ne[0];
+
+    GGML_ASSERT(nbq0 == sizeof(float));
+    GGML_ASSERT(nbk0 == ggml_type_size(k->type));
+    GGML_ASSERT(nbv0 == ggml_type_size(v->type));
+    GGML_ASSERT(nb0  == sizeof(float));
+
+    const float kq_scale = softcap != 0.0f ? scale/softcap : scale;
+
+    const uint32_t n_head_log2 = 1u << (uint32_t) floor(log2(n_hq));
+    const float m0 = powf(2.0f, -(max_bias       ) / n_head_log2);
+    const float m1 = powf(2.0f, -(max_bias / 2.0f) / n_head_log2);
+
+    ggml_type         const k_vec_dot_type = ggml_get_type_traits_cpu(k->type)->vec_dot_type;
+    ggml_from_float_t const q_to_vec_dot   = ggml_get_type_traits_cpu(k_vec_dot_type)->from_float;
+    ggml_vec_dot_t    const kq_vec_dot     = ggml_get_type_traits_cpu(k->type)->vec_dot;
+    ggml_to_float_t   const v_to_float     = ggml_get_type_traits(v->type)->to_float;
+
+    GGML_ASSERT((                            q_to_vec_dot) && "radar_attn: unsupported K-type");
+    GGML_ASSERT((v->type == GGML_TYPE_F32 || v_to_float  ) && "radar_attn: unsupported V-type");
+
+    const int ith = params->ith;
+    const int nth = params->nth;
+
+    const int64_t n_seg_cap = s->ne[2];
+
+    float * wbase  = (float *) params->wdata + ith*ggml_radar_attn_wsize(dst);
+    float * scores = wbase;                          // [G, n_seg_cap] per-head scores
+    float * shs    = scores + G*n_seg_cap;           // [n_seg_cap] score used for selection
+    int32_t * idx  = (int32_t *) (shs + n_seg_cap);  // [n_seg_cap] candidate order
+    char  * keep   = (char *) (idx + n_seg_cap);     // [n_seg_cap] kept segments
+    float * VKQ32  = (float *) (keep + GGML_PAD(n_seg_cap, 64)); // [DV]
+    float * V32    = VKQ32 + DV;                     // [DV]
+    float * lq     = V32 + DV;                       // [2m] feature logs of the query
+    float * srow   = lq + 2*m;                       // [W] an f16 summary row in f32
+    float * qg     = srow + W;                       // [G, DK] the queries of a KV head's group
+    float * q2g    = qg + G*DK;                      // [G, DK] their squares
+    void  * Q_q    = (void *) (q2g + G*DK + CACHE_LINE_SIZE_F32); // [DK] query in K's vec-dot type
+
+    // MEAN, MEANVAR, MINMAX: scores of all query heads, computed per KV group before the selection,
+    // so that each summary row is read once per group (not once per query head); [ns, n_hq, n_seg_cap]
+    float * gscores = (float *) params->wdata + nth*ggml_radar_attn_wsize(dst);
+    const bool group_score = score == GGML_RADAR_SCORE_MEAN || score == GGML_RADAR_SCORE_MEANVAR ||
+                             score == GGML_RADAR_SCORE_MINMAX;
+
+    // logit of query row Q_q (converted) against cell c of kv head hk; -INF when masked
+    auto logit = [&](const char * mp, float slope, int64_t c, int64_t hk, int64_t st) -> float {
+        const float mv = mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[c])
+                                                     : ((const float *) mp)[c];
+        if (mv == -INFINITY) {
+            return -INFINITY;
+        }
+        float r;
+        kq_vec_dot(DK, &r, 0, (const char *) k->data + c*nbk1 + hk*nbk2 + st*nbk3, 0, Q_q, 0, 1);
+        r *= kq_scale;
+        if (softcap != 0.0f) {
+            r = softcap*tanhf(r);
+        }
+        return r + slope*mv;
+    };
+
+    auto slope_of = [&](int64_t h) -> float {
+        return max_bias > 0.0f ? (h < (int64_t) n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1)) : 1.0f;
+    };
+
+    // summary row of segment sg of kv head hk as f32 (f16 rows are widened into srow)
+    auto summary_row = [&](int64_t hk, int64_t sg, int64_t st) -> const float * {
+        const char * sp = (const char *) s->data + hk*nbs1 + sg*nbs2 + st*nbs3;
+        if (s->type == GGML_TYPE_F16) {
+            ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) sp, srow, W);
+            return srow;
+        }
+        return (const float *) sp;
+    };
+
+    // scores of segments [0, n_cand) for query head h into out
+    auto score_head = [&](int64_t h, int64_t st, int64_t n_cand, const char * mp, float * out) {
+        const int64_t hk = h/G;
+        if (group_score) {
+            memcpy(out, gscores + (st*n_hq + h)*n_seg_cap, n_cand*sizeof(float));
+            return;
+        }
+        const float * qf = (const float *) ((const char *) q->data + h*nbq2 + st*nbq3);
+        if (score == GGML_RADAR_SCORE_ORACLE) {
+            q_to_vec_dot(qf, Q_q, DK);
+            const float slope = slope_of(h);
+            for (int64_t sg = 0; sg < n_cand; ++sg) {
+                float mx = -INFINITY;
+                float sum = 0.0f;
+                for (int64_t c = sg*L; c < (sg + 1)*L; ++c) {
+                    const float l = logit(mp, slope, c, hk, st);
+                    if (l == -INFINITY) {
+                        continue;
+                    }
+                    if (l > mx) {
+                        sum = sum*expf(mx - l) + 1.0f;
+                        mx  = l;
+                    } else {
+                        sum += expf(l - mx);
+                    }
+                }
+                out[sg] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+            }
+            return;
+        }
+        if (score == GGML_RADAR_SCORE_RF) {
+            float nx2 = 0.0f;
+            ggml_vec_dot_f32(DK, &nx2, 0, qf, 0, qf, 0, 1);
+            const float half = 0.5f*nx2*scale;
+            const float xs   = sqrtf(scale);
+            for (int64_t j = 0; j < m; ++j) {
+                const float * w = (const float *) ((const char *) omega->data + j*omega->nb[1]);
+                float wx = 0.0f;
+                ggml_vec_dot_f32(DK, &wx, 0, w, 0, qf, 0, 1);
+                lq[j]     =  wx*xs - half;
+                lq[j + m] = -wx*xs - half;
+            }
+        }
+        for (int64_t sg = 0; sg < n_cand; ++sg) {
+            const float * row = summary_row(hk, sg, st);
+            const float r = row[W - 1] > 0.0f ? radar_score_rf(lq, row, m) : -INFINITY;
+            out[sg] = std::isnan(r) ? -INFINITY : r;
+        }
+    };
+
+    auto counts_of = [&](int64_t st, int64_t & n_seg, int64_t & n_cand) {
+        const int32_t n_seg_in = *(const int32_t *) ((const char *) info->data + st*info->nb[1]);
+        n_seg = MAX(0, MIN((int64_t) n_seg_in, MIN(n_kv/L, n_seg_cap)));
+        n_cand = n_seg - MIN(n_seg, (n_recent + L - 1)/L);
+    };
+
+    if (group_score) {
+        // one work item = (KV head, stream, chunk of segments)
+        const int64_t chunk   = 64;
+        const int64_t n_chunk = (n_seg_cap + chunk - 1)/chunk;
+        for (int64_t it = ith; it < n_hkv*neq3*n_chunk; it += nth) {
+            const int64_t ic = it % n_chunk;
+            const int64_t hk = (it / n_chunk) % n_hkv;
+            const int64_t st = it / (n_chunk*n_hkv);
+            int64_t n_seg, n_cand;
+            counts_of(st, n_seg, n_cand);
+            const int64_t sg0 = ic*chunk;
+            const int64_t sg1 = MIN(sg0 + chunk, n_cand);
+            if (n_cand <= top_k || sg0 >= sg1) {
+                continue;
+            }
+            for (int64_t g = 0; g < G; ++g) {
+                const float * qf = (const float *) ((const char *) q->data + (hk*G + g)*nbq2 + st*nbq3);
+                for (int64_t d = 0; d < DK; ++d) {
+                    qg [g*DK + d] = qf[d];
+                    q2g[g*DK + d] = qf[d]*qf[d];
+                }
+            }
+            float * out = gscores + (st*n_hq + hk*G)*n_seg_cap;
+            for (int64_t sg = sg0; sg < sg1; ++sg) {
+                const float * row = summary_row(hk, sg, st);
+                if (!(row[W - 1] > 0.0f)) {
+                    for (int64_t g = 0; g < G; ++g) {
+                        out[g*n_seg_cap + sg] = -INFINITY;
+                    }
+                    continue;
+                }
+                radar_score_row_group(score, qg, q2g, row, DK, G, scale, out + sg, n_seg_cap);
+            }
+        }
+        ggml_barrier(params->threadpool);
+    }
+
+    // one work item = (query head, stream)
+    const int64_t n_items = n_hq*neq3;
+    for (int64_t it = ith; it < n_items; it += nth) {
+        const int64_t h  = it % n_hq;
+        const int64_t st = it / n_hq;
+        const int64_t hk = h/G;
+
+        const char * mp = (const char *) mask->data + st*mask->nb[3];
+
+        int64_t n_seg, n_cand;
+        counts_of(st, n_seg, n_cand);
+
+        // 1. choose segments
+        memset(keep, 1, n_seg);
+        if (n_cand > top_k) {
+            if (shared) {
+                // summed attention share of the group: logsumexp_h (score_h - lse_h)
+                for (int64_t sg = 0; sg < n_cand; ++sg) {
+                    shs[sg] = -INFINITY;
+                }
+                for (int64_t g = 0; g < G; ++g) {
+                    float * sc = scores + g*n_seg_cap;
+                    score_head(hk*G + g, st, n_cand, mp, sc);
+                    float mx = -INFINITY;
+                    for (int64_t sg = 0; sg < n_cand; ++sg) {
+                        mx = MAX(mx, sc[sg]);
+                    }
+                    if (mx == -INFINITY) {
+                        continue;
+                    }
+                    float sum = 0.0f;
+                    for (int64_t sg = 0; sg < n_cand; ++sg) {
+                        sum += expf(sc[sg] - mx);
+                    }
+                    const float lse = mx + logf(sum);
+                    for (int64_t sg = 0; sg < n_cand; ++sg) {
+                        const float a = sc[sg] - lse;
+                        const float b = shs[sg];
+                        const float hi = MAX(a, b);
+                        shs[sg] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(MIN(a, b) - hi));
+                    }
+                }
+            } else {
+                score_head(h, st, n_cand, mp, shs);
+            }
+            for (int64_t sg = 0; sg < n_cand; ++sg) {
+                idx[sg] = (int32_t) sg;
+                keep[sg] = 0;
+            }
+            // top-k by score, ties to the lower segment index (a strict total order)
+            std::nth_element(idx, idx + top_k, idx + n_cand, [&](int32_t a, int32_t b) {
+                return shs[a] > shs[b] || (shs[a] == shs[b] && a < b);
+            });
+            for (int64_t i = 0; i < top_k; ++i) {
+                keep[idx[i]] = 1;
+            }
+        }
+
+        // 2. exact online softmax over sinks + kept segments + tail, in cell order
+        const float * qf = (const float *) ((const char *) q->data + h*nbq2 + st*nbq3);
+        q_to_vec_dot(qf, Q_q, DK);
+        const float slope = slope_of(h);
+
+        // f32 accumulation: the dense decode path of flash attention accumulates in f32 too
+        float S = 0.0f;
+        float M = -INFINITY;
+        memset(VKQ32, 0, DV*sizeof(float));
+
+        auto attend = [&](int64_t c) {
+            const float l = logit(mp, slope, c, hk, st);
+            if (l == -INFINITY) {
+                return;
+            }
+            const char * v_data = (const char *) v->data + c*nbv1 + hk*nbv2 + st*nbv3;
+            float ms = 1.0f;
+            float vs = 1.0f;
+            if (l > M) {
+                ms = expf(M - l);
+                M  = l;
+                ggml_vec_scale_f32(DV, VKQ32, ms);
+            } else {
+                vs = expf(l - M);
+            }
+            if (v->type == GGML_TYPE_F16) {
+                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) v_data, V32, DV); // SIMD, unlike the generic to_float
+                ggml_vec_mad_f32(DV, VKQ32, V32, vs);
+            } else if (v_to_float) {
+                v_to_float(v_data, V32, DV);
+                ggml_vec_mad_f32(DV, VKQ32, V32, vs);
+            } else {
+                ggml_vec_mad_f32(DV, VKQ32, (const float *) v_data, vs);
+            }
+            S = S*ms + vs;
+        };
+
+        const int64_t sink_end = MIN(n_sink, n_seg*L);
+        for (int64_t c = 0; c < sink_end; ++c) {
+            attend(c);
+        }
+        for (int64_t sg = 0; sg < n_seg; ++sg) {
+            if (!keep[sg]) {
+                continue;
+            }
+            for (int64_t c = MAX(sg*L, sink_end); c < (sg + 1)*L; ++c) {
+                attend(c);
+            }
+        }
+        for (int64_t c = n_seg*L; c < n_kv; ++c) {
+            attend(c);
+        }
+
+        if (sinks) {
+            const float sv = ((const float *) sinks->data)[h];
+            float ms = 1.0f;
+            float vs = 1.0f;
+            if (sv > M) {
+                ms = expf(M - sv);
+                M  = sv;
+                ggml_vec_scale_f32(DV, VKQ32, ms);
+            } else {
+                vs = expf(sv - M);
+            }
+            S = S*ms + vs;
+        }
+
+        const float S_inv = S == 0.0f ? 0.0f : 1.0f/S;
+        ggml_vec_scale_f32(DV, VKQ32, S_inv);
+        memcpy((char *) dst->data + h*nb1 + st*nb3, VKQ32, DV*sizeof(float));
+    }
+}

@@ -1,0 +1,525 @@
+// Radar sparse decode attention, steps 1-3 of GGML_OP_RADAR_ATTN (one decode query per stream), launched
+// only when a stream can have more than top_k candidate segments:
+//   1. radar_rf_query:          (RF) log features of the queries
+//   2. radar_score_summary_gqa: (MEAN, MEANVAR, MINMAX) score of each candidate segment for every query head
+//                               of its KV head; radar_score_rf: (RF) the same per query head
+//      radar_score_oracle:      (ORACLE) log-sum-exp of the exact logits of each candidate segment
+//   3. radar_select:            top-k per query head, or per KV head with shared selection: the histogram
+//                               select for top_k <= 32, else a 4-pass radix select on the score bits; ties
+//                               to the lower segment index; writes the kept segments (candidates, then the
+//                               recent ones) as an ascending list. With per-head selection and a small top_k
+//                               this step runs inside radar_attn_kernel instead (radar-attn.cu)
+#include "radar-common.cuh"
+
+#ifdef RADAR_CUDA_AVAILABLE
+
+// RF: f_j(x) = +-omega_j.x - |x|^2/2 of x = q*sqrt(scale); one warp per feature
+__launch_bounds__(RADAR_SCORE_NTHREADS)
+static __global__ void radar_rf_query(const radar_attn_params p, const int D) {
+    constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+
+    const int h    = blockIdx.x;
+    const int st   = blockIdx.y;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    if (cnt.n_cand <= p.top_k) {
+        return; // no scores needed
+    }
+
+    const float * qf = (const float *) (p.q + h*p.nbq2 + st*p.nbq3);
+
+    float nx2 = 0.0f;
+    for (int d = lane; d < D; d += WARP_SIZE) {
+        nx2 += qf[d]*qf[d];
+    }
+    nx2 = warp_reduce_sum(nx2);
+
+    const float half_nx2 = 0.5f*nx2*p.scale;
+    const float xs       = sqrtf(p.scale);
+
+    float * lq = p.lq + ((int64_t) st*p.n_hq + h)*2*p.m;
+    for (int j = warp; j < p.m; j += nwarps) {
+        const float * w = (const float *) (p.omega + j*p.nbo1);
+        float wx = 0.0f;
+        for (int d = lane; d < D; d += WARP_SIZE) {
+            wx += w[d]*qf[d];
+        }
+        wx = warp_reduce_sum(wx);
+        if (lane == 0) {
+            lq[j]       =  wx*xs - half_nx2;
+            lq[j + p.m] = -wx*xs - half_nx2;
+        }
+    }
+}
+
+// RF: log-sum-exp over the features of the query's and the segment's feature logs; one warp per segment
+template <typename Ts>
+__launch_bounds__(RADAR_SCORE_NTHREADS)
+static __global__ void radar_score_rf(const radar_attn_params p) {
+    constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+
+    const int h    = blockIdx.y;
+    const int st   = blockIdx.z;
+    const int hk   = h/p.gqa;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    if (cnt.n_cand <= p.top_k) {
+        return; // every candidate is kept
+    }
+    const int sg0 = blockIdx.x*RADAR_SCORE_SEGS;
+    const int sg1 = min(sg0 + RADAR_SCORE_SEGS, cnt.n_cand);
+
+    const float * lq  = p.lq + ((int64_t) st*p.n_hq + h)*2*p.m;
+    float       * out = p.scores + ((int64_t) st*p.n_hq + h)*p.n_seg_cap;
+
+    for (int sg = sg0 + warp; sg < sg1; sg += nwarps) {
+        const Ts * row = (const Ts *) (p.s + hk*p.nbs1 + sg*p.nbs2 + st*p.nbs3);
+
+        float mx = -INFINITY;
+        for (int j = lane; j < 2*p.m; j += WARP_SIZE) {
+            mx = fmaxf(mx, lq[j] + radar_s_load(row, j));
+        }
+        mx = warp_reduce_max(mx);
+        float sum = 0.0f;
+        if (mx != -INFINITY) {
+            for (int j = lane; j < 2*p.m; j += WARP_SIZE) {
+                sum += expf(lq[j] + radar_s_load(row, j) - mx);
+            }
+        }
+        sum = warp_reduce_sum(sum);
+        float r = mx != -INFINITY ? mx + logf(sum) : -INFINITY;
+        if (!(radar_s_load(row, p.W - 1) > 0.0f) || isnan(r)) {
+            r = -INFINITY; // empty segment
+        }
+        if (lane == 0) {
+            out[sg] = r;
+        }
+    }
+}
+
+// MEAN, MEANVAR, MINMAX scores of one KV head's segments for all of its query heads, one segment per warp:
+// each summary row is read once per group instead of once per query head, and the grid is gqa times
+// smaller. Also zeroes the block counters of the combine in radar_attn_kernel.
+template <int D, typename Ts>
+__launch_bounds__(RADAR_SCORE_NTHREADS)
+static __global__ void radar_score_summary_gqa(const radar_attn_params p) {
+    constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+    constexpr int nq     = D/WARP_SIZE;
+
+    const int hk   = blockIdx.y;
+    const int st   = blockIdx.z;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+
+    if (p.counters && blockIdx.x == 0) {
+        for (int g = threadIdx.x; g < p.gqa; g += RADAR_SCORE_NTHREADS) {
+            p.counters[(int64_t) st*p.n_hq + hk*p.gqa + g] = 0;
+        }
+    }
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    const int sg = blockIdx.x*nwarps + warp;
+    if (cnt.n_cand <= p.top_k || sg >= cnt.n_cand) {
+        return; // every candidate is kept, or past the candidates
+    }
+
+    const Ts * row = (const Ts *) (p.s + hk*p.nbs1 + sg*p.nbs2 + st*p.nbs3);
+    const bool two = p.score != GGML_RADAR_SCORE_MEAN; // MEANVAR: mean, var; MINMAX: min, max
+    float r0[nq];
+    float r1[nq];
+#pragma unroll
+    for (int i = 0; i < nq; ++i) {
+        r0[i] = radar_s_load(row, i*WARP_SIZE + lane);
+        r1[i] = two ? radar_s_load(row, D + i*WARP_SIZE + lane) : 0.0f;
+    }
+    const bool empty = !(radar_s_load(row, p.W - 1) > 0.0f);
+
+    for (int g = 0; g < p.gqa; ++g) {
+        const int     h  = hk*p.gqa + g;
+        const float * qf = (const float *) (p.q + h*p.nbq2 + st*p.nbq3);
+
+        float a = 0.0f;
+        float v = 0.0f;
+#pragma unroll
+        for (int i = 0; i < nq; ++i) {
+            const float qi = qf[i*WARP_SIZE + lane];
+            if (p.score == GGML_RADAR_SCORE_MINMAX) {
+                a += fmaxf(qi*r0[i], qi*r1[i]);
+            } else {
+                a += qi*r0[i];
+                v += qi*qi*r1[i];
+            }
+        }
+        a = warp_reduce_sum(a);
+        float r = p.scale*a;
+        if (p.score == GGML_RADAR_SCORE_MEANVAR) {
+            r += 0.5f*p.scale*p.scale*warp_reduce_sum(v);
+        }
+        if (empty || isnan(r)) {
+            r = -INFINITY; // empty segment
+        }
+        if (lane == 0) {
+            p.scores[((int64_t) st*p.n_hq + h)*p.n_seg_cap + sg] = r;
+        }
+    }
+}
+
+// ORACLE: log-sum-exp of the exact logits of the segment's valid cells; one warp per segment
+template <int D, ggml_type type_K>
+__launch_bounds__(RADAR_SCORE_NTHREADS)
+static __global__ void radar_score_oracle(const radar_attn_params p) {
+    constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+    constexpr int TK     = radar_k_lanes<type_K, D>();
+    constexpr int CW     = WARP_SIZE/TK; // cells per warp step
+
+    const int h    = blockIdx.y;
+    const int st   = blockIdx.z;
+    const int hk   = h/p.gqa;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int il   = lane % TK;
+    const int ic   = lane / TK;
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    const int sg0 = blockIdx.x*RADAR_ORACLE_SEGS;
+    const int sg1 = min(sg0 + RADAR_ORACLE_SEGS, cnt.n_cand);
+    if (cnt.n_cand <= p.top_k || sg0 >= sg1) {
+        return;
+    }
+
+    __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
+    radar_load_q<type_K, D>((const float *) (p.q + h*p.nbq2 + st*p.nbq3), q_sh);
+    __syncthreads();
+
+    const float  slope = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
+    const char * K     = p.k    + hk*p.nbk2 + st*p.nbk3;
+    const char * mrow  = p.mask + st*p.nbm3;
+    float      * out   = p.scores + ((int64_t) st*p.n_hq + h)*p.n_seg_cap;
+
+    for (int sg = sg0 + warp; sg < sg1; sg += nwarps) {
+        const int c_end = (sg + 1)*p.L;
+        float mx  = -INFINITY;
+        float sum = 0.0f;
+        for (int c0 = sg*p.L; c0 < c_end; c0 += CW) {
+            const int c = c0 + ic;
+            float mv = -INFINITY;
+            if (c < c_end) {
+                mv = radar_mask_value(mrow, c, p.mask_f16);
+            }
+            const bool valid = mv != -INFINITY;
+
+            radar_k_row<type_K, D, TK> kr;
+            kr.load(K + (int64_t) (valid ? c : 0)*p.nbk1, il, valid);
+            float x = kr.dot(q_sh, il);
+
+            if (valid) {
+                x *= p.kq_scale;
+                if (p.softcap != 0.0f) {
+                    x = p.softcap*tanhf(x);
+                }
+                const float l = x + slope*mv;
+                if (l > mx) {
+                    sum = sum*expf(mx - l) + 1.0f;
+                    mx  = l;
+                } else {
+                    sum += expf(l - mx);
+                }
+            }
+        }
+        // merge the cell groups of the warp
+#pragma unroll
+        for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
+            const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
+            const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
+            const float mn   = fmaxf(mx, mx2);
+            if (mn != -INFINITY) {
+                sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
+                mx  = mn;
+            }
+        }
+        if (lane == 0) {
+            out[sg] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+        }
+    }
+}
+
+static __device__ __forceinline__ float radar_block_max(float x, float * red) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    x = warp_reduce_max(x);
+    if (lane == 0) {
+        red[warp] = x;
+    }
+    __syncthreads();
+    x = red[0];
+    for (int w = 1; w < (int) blockDim.x/WARP_SIZE; ++w) {
+        x = fmaxf(x, red[w]);
+    }
+    __syncthreads();
+    return x;
+}
+
+static __device__ __forceinline__ float radar_block_sum(float x, float * red) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    x = warp_reduce_sum(x);
+    if (lane == 0) {
+        red[warp] = x;
+    }
+    __syncthreads();
+    x = red[0];
+    for (int w = 1; w < (int) blockDim.x/WARP_SIZE; ++w) {
+        x += red[w];
+    }
+    __syncthreads();
+    return x;
+}
+
+// exclusive prefix sum of x over the threads of the block, in thread order; total = sum of the block
+static __device__ __forceinline__ int radar_block_scan(const int x, int * red, int & total) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    int incl = x;
+#pragma unroll
+    for (int offset = 1; offset < WARP_SIZE; offset <<= 1) {
+        const int y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
+        incl += lane >= offset ? y : 0;
+    }
+    if (lane == WARP_SIZE - 1) {
+        red[warp] = incl;
+    }
+    __syncthreads();
+    int before = 0;
+    total = 0;
+    for (int w = 0; w < (int) blockDim.x/WARP_SIZE; ++w) {
+        const int t = red[w];
+        before += w < warp ? t : 0;
+        total  += t;
+    }
+    __syncthreads();
+    return before + incl - x;
+}
+
+// top-k of the candidates by (score desc, segment asc), as the CPU's nth_element; one block per selection.
+// The keys live in dynamic shared memory when n_seg_cap of them fit (p.select_smem), else in place of the scores.
+__launch_bounds__(RADAR_SELECT_NTHREADS)
+static __global__ void radar_select(const radar_attn_params p) {
+    constexpr int nthreads = RADAR_SELECT_NTHREADS;
+    constexpr int nwarps   = nthreads/WARP_SIZE;
+
+    const int item = blockIdx.x;
+    const int st   = blockIdx.y;
+    const int tid  = threadIdx.x;
+    const int lane = tid % WARP_SIZE;
+    const int warp = tid / WARP_SIZE;
+
+    extern __shared__ uint32_t keys_sh[];
+    __shared__ float red_f[nwarps];
+    __shared__ int   red_i[nwarps];
+    __shared__ int   hist[256];
+    __shared__ int   bin_sh;
+    __shared__ int   kk_sh;
+
+    const int n_items = p.shared ? p.n_hkv : p.n_hq;
+    int * out = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    const int n_cand = cnt.n_cand;
+    const int top_k  = p.top_k;
+
+    if (n_cand <= top_k) {
+        for (int i = tid; i < cnt.n_seg; i += nthreads) {
+            out[1 + i] = i;
+        }
+        if (tid == 0) {
+            out[0] = cnt.n_seg;
+        }
+        return;
+    }
+
+    float * sc;
+    if (p.shared) {
+        // summed attention share of the group: logsumexp_h (score_h - lse_h)
+        sc = p.comb + ((int64_t) st*p.n_hkv + item)*p.n_seg_cap;
+        for (int i = tid; i < n_cand; i += nthreads) {
+            sc[i] = -INFINITY;
+        }
+        for (int g = 0; g < p.gqa; ++g) {
+            const float * sh = p.scores + ((int64_t) st*p.n_hq + item*p.gqa + g)*p.n_seg_cap;
+            float mx = -INFINITY;
+            for (int i = tid; i < n_cand; i += nthreads) {
+                mx = fmaxf(mx, sh[i]);
+            }
+            mx = radar_block_max(mx, red_f);
+            if (mx == -INFINITY) {
+                continue;
+            }
+            float sum = 0.0f;
+            for (int i = tid; i < n_cand; i += nthreads) {
+                sum += expf(sh[i] - mx);
+            }
+            const float lse = mx + logf(radar_block_sum(sum, red_f));
+            for (int i = tid; i < n_cand; i += nthreads) {
+                const float a  = sh[i] - lse;
+                const float b  = sc[i];
+                const float hi = fmaxf(a, b);
+                sc[i] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(fminf(a, b) - hi));
+            }
+        }
+    } else {
+        sc = p.scores + ((int64_t) st*p.n_hq + item)*p.n_seg_cap;
+    }
+
+    // each thread converts the scores it wrote (shared) or nobody else reads (own head): in place is safe
+    uint32_t * keys = p.select_smem ? keys_sh : (uint32_t *) sc;
+    for (int i = tid; i < n_cand; i += nthreads) {
+        keys[i] = radar_key(sc[i]);
+    }
+    __syncthreads();
+
+    if (top_k > 0 && top_k <= RADAR_SELECT_SMALL_K) {
+        radar_top_k_hist<nthreads>(keys, n_cand, top_k, out + 1);
+    } else if (top_k > 0) {
+        // radix select, 8 bits per pass from the top: the key T of the top_k-th best candidate and
+        // kk, the number of candidates with key T to keep (those with the lowest indices)
+        uint32_t prefix = 0;
+        uint32_t pmask  = 0;
+        int      kk     = top_k;
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int b = tid; b < 256; b += nthreads) {
+                hist[b] = 0;
+            }
+            __syncthreads();
+            for (int i = tid; i < n_cand; i += nthreads) {
+                const uint32_t u = keys[i];
+                if ((u & pmask) == prefix) {
+                    atomicAdd(&hist[(u >> shift) & 0xFF], 1);
+                }
+            }
+            __syncthreads();
+            if (warp == 0) {
+                // lane l holds bins 255 - 8l down to 248 - 8l
+                int c[8];
+                int lsum = 0;
+#pragma unroll
+                for (int t = 0; t < 8; ++t) {
+                    c[t]  = hist[255 - 8*lane - t];
+                    lsum += c[t];
+                }
+                int incl = lsum;
+#pragma unroll
+                for (int offset = 1; offset < WARP_SIZE; offset <<= 1) {
+                    const int y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
+                    incl += lane >= offset ? y : 0;
+                }
+                const uint32_t ball = __ballot_sync(0xFFFFFFFF, incl >= kk);
+                if (lane == __ffs(ball) - 1) {
+                    int run = incl - lsum;
+#pragma unroll
+                    for (int t = 0; t < 8; ++t) {
+                        if (run + c[t] >= kk) {
+                            bin_sh = 255 - 8*lane - t;
+                            kk_sh  = kk - run;
+                            break;
+                        }
+                        run += c[t];
+                    }
+                }
+            }
+            __syncthreads();
+            prefix |= (uint32_t) bin_sh << shift;
+            pmask  |= 0xFFu << shift;
+            kk      = kk_sh;
+        }
+
+        // kept: key > T, and the first kk with key == T; written in ascending segment order,
+        // each thread taking a contiguous range of candidates
+        const int per   = (n_cand + nthreads - 1)/nthreads;
+        const int i_beg = min(tid*per, n_cand);
+        const int i_end = min(i_beg + per, n_cand);
+
+        int n_eq = 0;
+        for (int i = i_beg; i < i_end; ++i) {
+            n_eq += keys[i] == prefix;
+        }
+        int total;
+        const int eq_before = radar_block_scan(n_eq, red_i, total);
+
+        int n_keep = 0;
+        int r_eq   = eq_before;
+        for (int i = i_beg; i < i_end; ++i) {
+            const uint32_t u = keys[i];
+            n_keep += u > prefix || (u == prefix && r_eq++ < kk);
+        }
+        int pos = radar_block_scan(n_keep, red_i, total);
+
+        r_eq = eq_before;
+        for (int i = i_beg; i < i_end; ++i) {
+            const uint32_t u = keys[i];
+            if (u > prefix || (u == prefix && r_eq++ < kk)) {
+                out[1 + pos++] = i;
+            }
+        }
+    }
+
+    // the recent segments
+    for (int i = tid; i < cnt.n_seg - n_cand; i += nthreads) {
+        out[1 + top_k + i] = n_cand + i;
+    }
+    if (tid == 0) {
+        out[0] = top_k + (cnt.n_seg - n_cand);
+    }
+}
+
+template <int D>
+static void radar_score_launch_D(const ggml_type type_K, const radar_attn_params & p, const bool score_gqa,
+        const int ns, cudaStream_t stream) {
+    const int n_seg_max = std::min(p.n_kv/p.L, p.n_seg_cap);
+    if (p.score == GGML_RADAR_SCORE_ORACLE) {
+        const dim3 grid((n_seg_max + RADAR_ORACLE_SEGS - 1)/RADAR_ORACLE_SEGS, p.n_hq, ns);
+        switch (type_K) {
+            case GGML_TYPE_F32:  radar_score_oracle<D, GGML_TYPE_F32> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+            case GGML_TYPE_F16:  radar_score_oracle<D, GGML_TYPE_F16> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+            case GGML_TYPE_Q8_0: radar_score_oracle<D, GGML_TYPE_Q8_0><<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+            default: GGML_ABORT("fatal error");
+        }
+    } else if (score_gqa) {
+        constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+        const dim3 grid((n_seg_max + nwarps - 1)/nwarps, p.n_hkv, ns);
+        if (p.s_f16) {
+            radar_score_summary_gqa<D, half> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p);
+        } else {
+            radar_score_summary_gqa<D, float><<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p);
+        }
+    } else {
+        GGML_ASSERT(p.score == GGML_RADAR_SCORE_RF);
+        radar_rf_query<<<dim3(p.n_hq, ns), RADAR_SCORE_NTHREADS, 0, stream>>>(p, D);
+        const dim3 grid((n_seg_max + RADAR_SCORE_SEGS - 1)/RADAR_SCORE_SEGS, p.n_hq, ns);
+        if (p.s_f16) {
+            radar_score_rf<half> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p);
+        } else {
+            radar_score_rf<float><<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p);
+        }
+    }
+}
+
+void radar_score_select_launch(const int D, const ggml_type type_K, const radar_attn_params & p, const bool score_gqa,
+        const int ns, cudaStream_t stream) {
+    switch (D) {
+        case  64: radar_score_launch_D< 64>(type_K, p, score_gqa, ns, stream); break;
+        case 128: radar_score_launch_D<128>(type_K, p, score_gqa, ns, stream); break;
+        case 256: radar_score_launch_D<256>(type_K, p, score_gqa, ns, stream); break;
+        default: GGML_ABORT("fatal error");
+    }
+    if (!p.select_in_attn) {
+        const int    n_items = p.shared ? p.n_hkv : p.n_hq;
+        const size_t smem    = p.select_smem ? p.n_seg_cap*sizeof(uint32_t) : 0;
+        radar_select<<<dim3(n_items, ns), RADAR_SELECT_NTHREADS, smem, stream>>>(p);
+    }
+}
+
+#endif // RADAR_CUDA_AVAILABLE

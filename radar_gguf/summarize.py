@@ -6,6 +6,9 @@ fit, each chunk summarized, then the summaries summarized (in groups, level afte
 fit one prompt). Progress goes to stderr, the summary to stdout or ``--out``. ``-`` (or no FILE)
 reads stdin. Text files are read as UTF-8; PDFs need ``pypdf``. Ctrl-C stops (exit status 130); with
 ``--out`` the part done so far (finished summaries, chunk summaries) is saved with a note.
+
+Why about 600 lines: reading (text, PDF, stdin), splitting, the map-reduce and the partial save on
+Ctrl-C are one pipeline, each step a few small functions.
 """
 
 from __future__ import annotations

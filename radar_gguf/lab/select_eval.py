@@ -36,7 +36,9 @@ SELECT_COLUMNS = (
     "mass",
     "mass_searched",
     "out_err",
+    "attended",
     "attended_union",
+    "keys_scored",
 )
 
 
@@ -149,7 +151,7 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
                 g = run.geometry[m.spec]
                 vals = [summ["mean"][m.spec][c] for c in SELECT_COLUMNS]
                 cells = [
-                    f"{v:.0f}" if c.startswith("attended") else sel.fmt(v)
+                    f"{v:.0f}" if c.startswith(("attended", "keys")) else sel.fmt(v)
                     for c, v in zip(SELECT_COLUMNS, vals)
                 ]
                 print(f"| {m.spec} | {g['seg_len']} | {g['top_k']} | " + " | ".join(cells) + " |")

@@ -9,13 +9,14 @@ import pytest
 
 import radar_gguf
 from radar_gguf.lab import capture as cap_mod
+from radar_gguf.lab import methods as meth
 from radar_gguf.lab import reference as ref
 from radar_gguf.lab import selection as sel
 from radar_gguf.lab.corpus import essay_tokens
 from radar_gguf.lab.records import DENSE, parse_config
 
 # 10 cells, L = 2, 5 segments; 1 sink (cell 0); n_recent 2 -> segment 4 always kept; candidates 0..3; top-2
-GEOM = sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=2)
+GEOM = meth.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=2)
 P = np.array([[0.30, 0.05, 0.10, 0.02, 0.01, 0.20, 0.04, 0.08, 0.15, 0.05]])
 # searched mass per candidate (sink excluded): seg0 .05, seg1 .12, seg2 .21, seg3 .12 -> total .50
 # always attended: cells 0, 8, 9 -> .50
@@ -28,7 +29,7 @@ def metrics(order):
 def test_geometry():
     assert (GEOM.n_recent_seg, GEOM.n_cand, GEOM.k_sel) == (1, 4, 2)
     assert GEOM.always(10).tolist() == [True] + [False] * 7 + [True, True]
-    assert sel.searched_mass(P, GEOM)[0] == pytest.approx([0.05, 0.12, 0.21, 0.12])
+    assert meth.searched_mass(P, GEOM)[0] == pytest.approx([0.05, 0.12, 0.21, 0.12])
 
 
 def test_hand_computed_window_order():
@@ -51,7 +52,7 @@ def test_hand_computed_bad_order():
 
 
 def test_oracle_is_perfect_and_an_upper_bound():
-    order = np.argsort(-sel.searched_mass(P, GEOM), axis=1, kind="stable")
+    order = np.argsort(-meth.searched_mass(P, GEOM), axis=1, kind="stable")
     m = metrics(order)
     assert m["hit@1"] == m["hit@3"] == m["seg@1"] == 1.0
     assert m["mass_searched"] == pytest.approx(0.66)
@@ -80,7 +81,7 @@ def test_random_expectation():
 
 
 def test_union_cells():
-    geom = sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=1)
+    geom = meth.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=1)
     order = np.array([[0, 1, 2, 3], [0, 2, 1, 3], [3, 0, 1, 2], [1, 3, 0, 2]])  # 2 KV heads x 2 query heads
     assert sel.union_cells(order, geom, 10, g=2) == pytest.approx(3 + 1.5 * 2)  # {0} and {3, 1}
     assert sel.union_cells(None, geom, 10, g=2) == pytest.approx(3 + 4 * (1 - (3 / 4) ** 2) * 2)
@@ -117,16 +118,16 @@ def test_planted_key_is_found():
         has_sinks=False,
     )
     k64 = cap.k.astype(np.float64)
-    p = sel.exact_probs(cap.q, k64, mask, scale)
+    p = meth.exact_probs(cap.q, k64, mask, scale)
     assert p.sum(axis=1) == pytest.approx([1.0, 1.0])
     assert p[:, 21].min() > 0.1
-    geom = sel.Geometry.make(L, n_kv // L, 1, 8, 1)
-    cache = sel.SummaryCache()
+    geom = meth.Geometry.make(L, n_kv // L, 1, 8, 1)
+    cache = meth.SummaryCache()
     base = parse_config("meanvar:token_budget=8,n_recent=8")
     got = {}
     for spec in ("meanvar", "mean", "minmax", "oracle", "oracle-op", "window", "meanvar:shared_gqa=true"):
-        m = sel.parse_method(spec, base)
-        order, n_sel = sel.method_order(m, cap, p, geom, k64, np.ones(n_kv, bool), cache)
+        m = meth.parse_method(spec, base)
+        order, n_sel = meth.method_order(m, cap, p, geom, k64, np.ones(n_kv, bool), cache)
         assert n_sel is None  # fixed budget
         got[spec] = {key: float(v.mean()) for key, v in sel.selection_metrics(p, order, geom).items()}
     for spec in ("meanvar", "mean", "minmax", "oracle", "meanvar:shared_gqa=true"):
@@ -138,8 +139,8 @@ def test_planted_key_is_found():
     valid = np.ones(n_kv, bool)
     counts = {}
     for p_target in (0.3, 0.9, 0.999):
-        m = sel.parse_method(f"mass:p={p_target},floor=8,ceil=96", base)
-        order, n_sel = sel.method_order(m, cap, p, geom, k64, valid, cache)
+        m = meth.parse_method(f"mass:p={p_target},floor=8,ceil=96", base)
+        order, n_sel = meth.method_order(m, cap, p, geom, k64, valid, cache)
         assert n_sel.shape == (2,) and (1 <= n_sel).all() and (n_sel <= 12).all()
         counts[p_target] = n_sel
         metrics = sel.selection_metrics(p, order, geom, n_sel=n_sel)
@@ -147,27 +148,27 @@ def test_planted_key_is_found():
     assert (counts[0.3] <= counts[0.9]).all() and (counts[0.9] <= counts[0.999]).all()
     assert counts[0.999].max() > counts[0.3].min()
     # two-stage with every candidate rescored exactly ranks like the oracle of exact segment mass
-    m = sel.parse_method("twostage:cand=100", base)
-    order, _ = sel.method_order(m, cap, p, geom, k64, valid, cache)
-    oracle, _ = sel.method_order(sel.parse_method("oracle", base), cap, p, geom, k64, valid, cache)
+    m = meth.parse_method("twostage:cand=100", base)
+    order, _ = meth.method_order(m, cap, p, geom, k64, valid, cache)
+    oracle, _ = meth.method_order(meth.parse_method("oracle", base), cap, p, geom, k64, valid, cache)
     assert (order[:, :3] == oracle[:, :3]).all()
     with pytest.raises(ValueError, match="p must be a number"):
-        sel.parse_method("mass:p=high")
+        meth.parse_method("mass:p=high")
 
 
 def test_parse_method_and_bytes():
-    m = sel.parse_method("window:token_budget=2048,n_recent=0", parse_config("meanvar:shared_gqa=true"))
+    m = meth.parse_method("window:token_budget=2048,n_recent=0", parse_config("meanvar:shared_gqa=true"))
     assert m.kind == "window" and m.cfg.token_budget == 2048 and m.cfg.shared_gqa and m.top_k(64) == 32
-    assert sel.parse_method("oracle-op").cfg.score == "oracle"
+    assert meth.parse_method("oracle-op").cfg.score == "oracle"
     # the library's budget scale: Gemma 3 (18 layers, 3 global) selects 4x the budget, capped by
     # budget_max_scale; a full-attention model (ratio 1) and an explicit top_k are unscaled
-    mv = sel.parse_method("meanvar")
+    mv = meth.parse_method("meanvar")
     assert mv.top_k(16) == 64 and mv.top_k(16, 18 / 3) == 384 and mv.top_k(16, 1.5) == 96
     assert mv.top_k(16, 12.0) == 512  # capped at budget_max_scale (8)
-    assert sel.parse_method("meanvar:budget_max_scale=1").top_k(16, 6.0) == 64
-    assert sel.parse_method("meanvar:top_k=5").top_k(16, 6.0) == 5
+    assert meth.parse_method("meanvar:budget_max_scale=1").top_k(16, 6.0) == 64
+    assert meth.parse_method("meanvar:top_k=5").top_k(16, 6.0) == 5
     with pytest.raises(ValueError):
-        sel.parse_method("best")
+        meth.parse_method("best")
     shape = dict(n_kv=16384, n_layer=24, n_head=14, n_head_kv=2, head_dim=64)
     dense = sel.kv_bytes_per_step(None, **shape)
     assert dense["kv"] == 24 * 2 * 16384 * 128 * 2
@@ -197,7 +198,7 @@ def captured(model_path, essays_available):
         model = radar_gguf.load(model_path, ctx=N + 32, radar=DENSE)
     # f32 summaries: the check compares the kernel's selection with NumPy's from exact summaries
     cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
-    methods = [sel.parse_method(s, cfg) for s in ("meanvar", "oracle", "window", "random", "rf")]
+    methods = [meth.parse_method(s, cfg) for s in ("meanvar", "oracle", "window", "random", "rf")]
     with model:
         toks = essay_tokens(model, N + 8)
         run = sel.run_selection(model, capture, toks, N, 2, 4, cfg, methods, progress=lambda s: None)
@@ -232,7 +233,7 @@ def test_capture_budget_scale_gemma3(essays_available):
     with cap_mod.eval_callback(capture.c_callback):
         model = radar_gguf.load(gemma3_model_path(), ctx=N + 32, radar=DENSE)
     cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
-    methods = [sel.parse_method(s, cfg) for s in ("meanvar", "meanvar:budget_max_scale=1")]
+    methods = [meth.parse_method(s, cfg) for s in ("meanvar", "meanvar:budget_max_scale=1")]
     with model:
         toks = essay_tokens(model, N + 4)
         run = sel.run_selection(
@@ -262,7 +263,7 @@ def test_output_error():
     v = np.eye(10)[None]  # [1, n_kv, 10]: the output is the weight vector itself
     always = [0, 8, 9]
     every = sel.selection_metrics(
-        P, np.array([[2, 1, 3, 0]]), sel.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=4), v
+        P, np.array([[2, 1, 3, 0]]), meth.Geometry.make(seg_len=2, n_seg=5, n_sink=1, n_recent=2, top_k=4), v
     )
     assert every["out_err"][0] == pytest.approx(0.0, abs=1e-12)  # every cell attended: dense
     m = sel.selection_metrics(P, np.array([[3, 2, 1, 0]]), GEOM, v)  # segments 3 and 2 (cells 4-7)

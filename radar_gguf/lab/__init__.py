@@ -9,6 +9,9 @@ from here except ``bench``, which fills a context with corpus text. The lab impo
 - ``ppl``        long-context perplexity, Radar vs dense on the same prefilled context
 - ``niah``       needle in a haystack
 - ``capture``    queries and keys read from the decode graph
-- ``selection``  selection quality: Radar's choice against the oracle and baselines
+- ``methods``    selection rules replayed in NumPy: Radar's scores, the oracle, baselines, adaptive rules
+- ``selection``  selection quality: each method's choice against exact attention
+- ``select_eval`` the ``eval select`` command
+- ``sweep``      delta ppl against bytes read per decode step
 - ``eval``       the ``radar-gguf eval`` command
 """

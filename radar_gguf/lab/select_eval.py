@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..sizes import format_size
+from . import methods as meth
 from . import selection as sel
 from .capture import Capture, eval_callback
 from .context import add_cache_args, add_text_args, cache_dir, text_sources
@@ -61,7 +62,7 @@ def add_select_args(ps: argparse.ArgumentParser) -> None:
         "--methods",
         default=None,
         help="selection methods NAME[:key=value,...] (names: "
-        + ", ".join(sel.METHODS)
+        + ", ".join(meth.METHODS)
         + "; fields default to --capture's) (default: "
         + sel.DEFAULT_METHODS
         + ")",
@@ -102,7 +103,9 @@ def main_select(args: argparse.Namespace, parser: argparse.ArgumentParser, comma
         capture_cfg = parse_config(args.capture)
         if not capture_cfg.enabled:
             raise ValueError("the capture config must have Radar on (a score name, not 'dense')")
-        methods = [sel.parse_method(s, capture_cfg) for s in split_specs(args.methods or sel.DEFAULT_METHODS)]
+        methods = [
+            meth.parse_method(s, capture_cfg) for s in split_specs(args.methods or sel.DEFAULT_METHODS)
+        ]
     except ValueError as e:
         parser.error(str(e))
     if capture_cfg.dense_below > contexts[0]:

@@ -1,0 +1,293 @@
+"""Selection methods: the rules that pick the segments a decode step attends, replayed in NumPy on captured
+queries and keys (``lab.capture``) so that they can be compared at the same budget (``lab.selection``).
+
+- ``meanvar``, ``mean``, ``minmax``, ``rf``: Radar's scores on summaries recomputed from the keys;
+- ``oracle`` (exact attention mass of the searched cells) and ``oracle-op`` (the library's ORACLE score);
+- ``window`` (sinks + recent window) and ``random`` (exact expectations);
+- adaptive, not in the library: ``mass`` keeps each head's best-ranked segments until their *estimated*
+  share of the attention mass reaches ``p`` (between ``floor`` and ``ceil`` tokens), ``twostage`` rescores
+  the summaries' ``cand x top_k`` best candidates exactly from their keys and keeps the best ``top_k``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..config import RadarConfig
+from . import reference as ref
+from .capture import AttnCapture
+from .records import parse_config
+
+METHODS = ("meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage")
+# options of the adaptive methods (not RadarConfig fields): mass target p between a floor and a ceiling of
+# tokens; two-stage: candidates = cand x the budget's segments, rescored exactly from their keys
+METHOD_OPTIONS = {"mass": {"p": 0.9, "floor": 256, "ceil": 4096}, "twostage": {"cand": 4.0}}
+
+
+# -- exact attention and segment geometry -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Geometry:
+    """Segments of one decode step: candidates ``[0, n_cand)``, the rest always attended."""
+
+    seg_len: int
+    n_seg: int
+    n_sink: int
+    n_recent_seg: int  # R = min(n_seg, ceil(n_recent / L))
+    top_k: int
+
+    @classmethod
+    def make(cls, seg_len: int, n_seg: int, n_sink: int, n_recent: int, top_k: int) -> Geometry:
+        return cls(seg_len, n_seg, n_sink, min(n_seg, -(-max(n_recent, 0) // seg_len)), top_k)
+
+    @property
+    def n_cand(self) -> int:
+        return self.n_seg - self.n_recent_seg
+
+    @property
+    def k_sel(self) -> int:
+        return min(self.top_k, self.n_cand)
+
+    def always(self, n_kv: int) -> np.ndarray:
+        """``[n_kv]`` bool: sinks, recent segments and tail (attended whatever the selection)."""
+        a = np.zeros(n_kv, dtype=bool)
+        a[: min(self.n_sink, self.n_seg * self.seg_len)] = True
+        a[self.n_cand * self.seg_len :] = True
+        return a
+
+
+def exact_probs(
+    q: np.ndarray, k: np.ndarray, mask: np.ndarray, scale: float, softcap: float = 0.0, max_bias: float = 0.0
+) -> np.ndarray:
+    """Dense softmax attention weights ``[Hq, n_kv]`` f64 (0 on invalid cells).
+
+    ``q: [Hq, D]``, ``k: [n_kv, Hkv, D]``, ``mask: [n_kv]`` float (0 / -inf / ALiBi) or bool validity.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    m = ref._as_mask(mask)  # [n_kv]
+    hq = q.shape[0]
+    n_kv, hkv, _ = k.shape
+    g = hq // hkv
+    s = np.empty((hq, n_kv))
+    for h in range(hkv):  # [G, D] @ [D, n_kv]: no [n_kv, Hq, D] copy of the keys
+        s[h * g : (h + 1) * g] = q[h * g : (h + 1) * g] @ np.asarray(k[:, h, :], dtype=np.float64).T
+    s *= scale
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
+    valid = np.isfinite(m)
+    s += ref.alibi_slopes(hq, max_bias)[:, None] * np.where(valid, m, 0.0)[None, :]
+    s[:, ~valid] = -np.inf
+    s -= s.max(axis=1, keepdims=True)
+    p = np.exp(s)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def searched_mass(p: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Exact attention mass of each candidate segment's searched cells (sinks excluded): ``[Hq, n_cand]``."""
+    L, nc = geom.seg_len, geom.n_cand
+    ps = p[:, : nc * L].copy()  # [Hq, nc*L]
+    ps[:, : min(geom.n_sink, nc * L)] = 0.0
+    return ps.reshape(p.shape[0], nc, L).sum(axis=2)
+
+
+# -- methods ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """A selection rule: ``kind`` (a score name, ``oracle``, ``oracle-op``, ``window``, ``random``) and the
+    RadarConfig fields that matter (budget, window, sinks, sharing, features, segment length)."""
+
+    spec: str
+    kind: str
+    cfg: RadarConfig
+    options: tuple = ()  # (name, value) pairs of METHOD_OPTIONS[kind]
+
+    def option(self, name: str) -> float:
+        return dict(self.options).get(name, METHOD_OPTIONS.get(self.kind, {}).get(name, 0.0))
+
+    def top_k(self, seg_len: int, layer_ratio: float = 1.0) -> int:
+        """Segments to select, as ``llama_kv_cache::radar_top_k``: ``top_k`` if set, else the token budget
+        scaled by ``min(layer_ratio, budget_max_scale)`` (``layer_ratio`` = all layers / Radar layers)."""
+        return budget_top_k(self.cfg, seg_len, layer_ratio)
+
+
+def budget_top_k(cfg: RadarConfig, seg_len: int, layer_ratio: float = 1.0) -> int:
+    """Segments the library selects per head: ``top_k`` if set, else ``token_budget`` scaled by
+    ``max(1, min(layer_ratio, budget_max_scale))`` over the segment length (float32, as in C++)."""
+    if cfg.top_k > 0:
+        return cfg.top_k
+    scale = max(1.0, float(np.float32(min(cfg.budget_max_scale, layer_ratio))))
+    return max(1, int(np.float32(cfg.token_budget * scale) / np.float32(seg_len)))
+
+
+def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
+    """``NAME[:key=value,...]`` with NAME in METHODS; the fields are RadarConfig's."""
+    spec = spec.strip()
+    name, colon, rest = spec.partition(":")
+    if name not in METHODS:
+        raise ValueError(f"method {spec!r}: name must be one of {', '.join(METHODS)}")
+    score = name if name in ("meanvar", "mean", "minmax", "rf") else "meanvar"
+    if name == "oracle-op":
+        score = "oracle"
+    options, fields = [], []
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, _, value = item.partition("=")
+        if key.strip() in METHOD_OPTIONS.get(name, {}):
+            try:
+                options.append((key.strip(), float(value)))
+            except ValueError:
+                raise ValueError(f"method {spec!r}: {key.strip()} must be a number, got {value!r}") from None
+        else:
+            fields.append(item)
+    cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
+    return Method(spec, name, cfg, tuple(options))
+
+
+class SummaryCache:
+    """Summaries recomputed from captured keys, per (layer, score, L, features), extended as segments
+    complete (keys of earlier cells do not change between decode steps)."""
+
+    def __init__(self) -> None:
+        self._s: dict[tuple, np.ndarray] = {}
+        self.omegas: dict[tuple, np.ndarray] = {}
+
+    def omega(self, d: int, m: int, seed: int) -> np.ndarray:
+        key = (d, m, seed)
+        if key not in self.omegas:
+            self.omegas[key] = ref.make_omega(d, m, seed)
+        return self.omegas[key]
+
+    def get(
+        self,
+        layer: int,
+        k: np.ndarray,
+        valid: np.ndarray,
+        L: int,
+        n_seg: int,
+        score: int,
+        scale: float,
+        omega: Optional[np.ndarray],
+    ) -> np.ndarray:
+        key = (layer, score, L, None if omega is None else (omega.shape, float(omega[0, 0])))
+        have = self._s.get(key)
+        done = 0 if have is None else have.shape[0]
+        if done < n_seg:
+            new = ref.summarize(
+                k[done * L : n_seg * L], valid[done * L : n_seg * L], L, n_seg - done, score, scale, omega
+            )
+            have = new if have is None else np.concatenate([have, new])
+            self._s[key] = have
+        return have[:n_seg]
+
+
+def _order_from_scores(sc: np.ndarray, shared: bool, g: int) -> np.ndarray:
+    if shared:
+        sc = ref._share_scores(sc, g)
+    return np.argsort(-sc, axis=1, kind="stable")
+
+
+def method_order(
+    m: Method,
+    cap: AttnCapture,
+    p: np.ndarray,
+    geom: Geometry,
+    k64: np.ndarray,
+    valid: np.ndarray,
+    cache: SummaryCache,
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The method's ranking of the candidates ``[Hq, n_cand]`` (None: random) and, for the adaptive
+    methods, how many of them each head keeps ``[Hq]`` (None: ``top_k``)."""
+    hq = cap.q.shape[0]
+    g = hq // cap.k.shape[1]
+    nc = geom.n_cand
+    if m.kind == "random":
+        return None, None
+    if m.kind == "window":
+        return np.tile(np.arange(nc - 1, -1, -1), (hq, 1)), None
+    if m.kind == "oracle":
+        with np.errstate(divide="ignore"):
+            return _order_from_scores(np.log(searched_mass(p, geom)), m.cfg.shared_gqa, g), None
+    if m.kind == "oracle-op":
+        with np.errstate(divide="ignore"):
+            lg = np.log(p[:, : nc * geom.seg_len])  # log p = logit - logsumexp: same ranking as the op's
+        sc = ref._logsumexp(lg.reshape(hq, nc, geom.seg_len), axis=2)
+        return _order_from_scores(sc, m.cfg.shared_gqa, g), None
+    score = m.cfg.score_id
+    omega = None
+    if score == ref.SCORE_RF:
+        if cap.omega is not None and cap.omega.shape[1] == m.cfg.n_feat:
+            omega = cap.omega  # the library's own projection
+        else:
+            omega = cache.omega(k64.shape[2], m.cfg.n_feat, m.cfg.seed)
+    s = cache.get(cap.layer, k64, valid, geom.seg_len, geom.n_seg, score, cap.scale, omega)
+    sc = ref.segment_scores(cap.q, s[:nc], score, cap.scale, omega)  # [Hq, nc]
+    order = _order_from_scores(sc, m.cfg.shared_gqa, g)
+    if m.kind == "mass":
+        return order, mass_target_count(m, cap, sc, order, geom, k64, valid)
+    if m.kind == "twostage":
+        return twostage_order(m, cap, order, geom, k64), None
+    return order, None
+
+
+def _exact_logits(cap: AttnCapture, k64: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``[Hq, len(cells)]`` scaled logits ``scale q.k`` of every query head on the keys of ``cells``."""
+    hq, hkv = cap.q.shape[0], k64.shape[1]
+    g = hq // hkv
+    q = cap.q.astype(np.float64)
+    out = np.empty((hq, len(cells)))
+    for h in range(hkv):
+        out[h * g : (h + 1) * g] = cap.scale * q[h * g : (h + 1) * g] @ k64[cells, h, :].T
+    return out
+
+
+def mass_target_count(
+    m: Method,
+    cap: AttnCapture,
+    sc: np.ndarray,
+    order: np.ndarray,
+    geom: Geometry,
+    k64: np.ndarray,
+    valid: np.ndarray,
+) -> np.ndarray:
+    """Candidates each head keeps under a mass target: the best-ranked segments until their *estimated*
+    share of the attention mass reaches ``p``, between ``floor`` and ``ceil`` tokens. A meanvar score is
+    the log of a segment's estimated mean ``exp(scale q.k)``, so a segment's estimated mass is
+    ``L exp(score)``; the always-attended cells (sinks, window, tail) count with their exact mass, which
+    the attention pass computes anyway. ``[Hq]`` int."""
+    L, nc = geom.seg_len, geom.n_cand
+    always = np.flatnonzero(geom.always(len(valid)) & valid)
+    la = ref._logsumexp(_exact_logits(cap, k64, always), axis=1)  # [Hq] log mass of the always-attended cells
+    est = np.take_along_axis(sc, order, axis=1) + math.log(L)  # [Hq, nc] log mass, best first
+    top = est.max(axis=1, keepdims=True)
+    top = np.maximum(top, la[:, None])
+    cum = np.cumsum(np.exp(est - top), axis=1)  # [Hq, nc] estimated mass of the first j+1 candidates
+    base = np.exp(la - top[:, 0])  # [Hq]
+    total = base + cum[:, -1]
+    share = (base[:, None] + cum) / total[:, None]  # [Hq, nc] after keeping j+1
+    need = (share < m.option("p")).sum(axis=1) + 1  # first count whose share reaches p
+    lo = min(nc, int(m.option("floor") // L))
+    hi = min(nc, max(lo, int(m.option("ceil") // L)))
+    return np.clip(need, lo, hi).astype(np.int64)
+
+
+def twostage_order(
+    m: Method, cap: AttnCapture, order: np.ndarray, geom: Geometry, k64: np.ndarray
+) -> np.ndarray:
+    """Two-stage selection: the summaries' ``cand x top_k`` best candidates are rescored exactly (log of the
+    segment's attention mass from its keys, which stage two reads), and ranked first by that; the rest
+    keep the summaries' order. ``[Hq, n_cand]``."""
+    L, nc = geom.seg_len, geom.n_cand
+    n_c = min(nc, max(geom.k_sel, int(m.option("cand") * geom.k_sel)))
+    hq = order.shape[0]
+    out = order.copy()
+    for h in range(hq):
+        c = order[h, :n_c]  # candidate segments of head h
+        cells = (c[:, None] * L + np.arange(L)[None, :]).ravel()
+        lg = _exact_logits(cap, k64, cells)[h].reshape(n_c, L)
+        if geom.n_sink:  # the sinks are attended anyway: they do not make their segment a better pick
+            lg[cells.reshape(n_c, L) < geom.n_sink] = -np.inf
+        exact = ref._logsumexp(lg, axis=1)  # [n_c]
+        out[h, :n_c] = c[np.argsort(-exact, kind="stable")]
+    return out

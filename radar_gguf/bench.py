@@ -19,6 +19,7 @@ from typing import Optional
 
 from .args import add_radar_args, radar_from_args
 from .config import RadarConfig
+from .engine import prefill_bar
 from .sizes import argparse_size, format_size
 
 DEFAULT_DEPTHS = "1k,4k,8k,16k"
@@ -70,10 +71,19 @@ def _decode_rate(model, tokens: list[int], depth: int, n_gen: int) -> float:
 
 
 def bench(
-    model, tokens: list[int], depths: list[int], n_gen: int, radar: RadarConfig, *, rounds: int = 2, log=print
+    model,
+    tokens: list[int],
+    depths: list[int],
+    n_gen: int,
+    radar: RadarConfig,
+    *,
+    rounds: int = 2,
+    log=print,
+    progress: bool = True,
 ) -> list[dict]:
     """Decode tokens/s of dense and Radar at each depth on one loaded ``model``.
 
+    The context is filled densely (a tqdm bar on stderr while it fills, unless ``progress`` is False).
     The modes alternate for ``rounds`` rounds and each keeps its best round, so a burst of other
     load on the machine does not decide the ratio.
     """
@@ -82,7 +92,8 @@ def bench(
     for depth in depths:
         t0 = time.perf_counter()
         model.set_radar(dense)
-        model.prefill(tokens[:depth])
+        with prefill_bar(f"fill {format_size(depth)}", disable=not progress) as bar:
+            model.prefill(tokens[:depth], progress=bar, piece=2048)
         log(f"# depth {format_size(depth)}: filled in {time.perf_counter() - t0:.0f} s")
         best = {"dense": 0.0, "radar": 0.0}
         attended, seg_len = depth + n_gen, None

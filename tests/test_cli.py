@@ -137,3 +137,16 @@ def test_unknown_command_is_a_usage_error():
     assert r.returncode == 2
     assert "unknown command 'model.gguf'" in r.stderr and "radar-gguf run model.gguf" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_bench_fills_with_progress_and_reports_the_ratio(model_path):
+    """``bench`` shows a progress bar while it fills the context (a long fill is minutes of silence
+    otherwise) and prints dense and Radar tokens/s side by side with their ratio."""
+    r = _radar_gguf(
+        "bench", str(model_path), "--depths", "384", "-n", "2", "--rounds", "1", "--radar-dense-below", "256"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "fill 384" in r.stderr and "384/384" in r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| 384 |"))
+    dense, radar, ratio = (c.strip() for c in row.strip("|").split("|")[1:])
+    assert float(ratio.rstrip("x")) == pytest.approx(float(radar) / float(dense), abs=0.01)

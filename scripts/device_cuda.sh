@@ -8,7 +8,8 @@
 #   bash scripts/device_cuda.sh prefill SHAPE N           # prompt speed with and without Radar summaries
 #   bash scripts/device_cuda.sh e2e SHAPE DEPTH           # decode logits: Radar CUDA vs CPU, top-k >= all vs dense
 #   bash scripts/device_cuda.sh multigpu SHAPE DEPTH      # 2 GPUs, -sm layer: logits vs 1 GPU, and speed
-#   bash scripts/device_cuda.sh profile SHAPE DEPTH       # ncu: time of each decode attention kernel
+#   bash scripts/device_cuda.sh profile SHAPE DEPTH       # ncu: time of each decode attention kernel (KERNELS=regex)
+#   bash scripts/device_cuda.sh trace SHAPE DEPTHS        # CUPTI trace of whole decode steps: where a step's time goes
 #
 # The source is .dev/slim (a copy of the dev tree without docs/models, small enough to copy to the GPU machine); the
 # e2e checks need the pinned bindings (build/dev/pinned/llama_cpp_python-0.3.36/llama_cpp, carried).
@@ -27,7 +28,8 @@ mkdir -p "$scratch"
 model() {
     local m=$scratch/$1-f16.gguf q=$scratch/$1-q4_k_m.gguf
     if [ ! -f "$q" ]; then
-        PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape "$1" "$m" > /dev/null
+        # (an F16 file already there, e.g. written during the build, is used as it is)
+        [ -f "$m" ] || PYTHONPATH="$src/gguf-py" python3 scripts/make_random_gguf.py --shape "$1" "$m" > /dev/null
         "$bld/bin/llama-quantize" "$m" "$q" Q4_K_M > "$out/quantize-$1.log" 2>&1
         rm -f "$m"
     fi
@@ -49,6 +51,21 @@ bench_modes() {
         grep -E "KV buffer size|Radar buffer size" "$out/$name-$mode.log" | tail -2 || true
         gzip -f "$out/$name-$mode.log"
     done
+}
+
+# a CUPTI activity tracer that the CUDA driver loads into any program (CUDA_INJECTION64_PATH): every kernel,
+# memcpy, memset and runtime API call with its start and end, the kernels inside CUDA graphs too, at the
+# program's own speed (no replay, unlike ncu). Lines: N,id,name | K,start,end,graphId,nameId |
+# M,start,end,copyKind,bytes,graphId | S,start,end,bytes,graphId | R,start,end,api (ns, one clock).
+# CUPTI_TRACE_NO_API=1 leaves out the runtime API calls. scripts/profile_summary.py reads the file.
+tracer() {
+    local so=$scratch/libcupti_trace.so inc lib
+    if [ ! -f "$so" ]; then
+        inc=$(dirname "$(find /usr/local/cuda/ -name cupti.h 2>/dev/null | head -1)")
+        lib=$(dirname "$(find /usr/local/cuda/ -name 'libcupti.so' 2>/dev/null | head -1)")
+        g++ -O2 -shared -fPIC -I"$inc" scripts/cupti_trace.cpp -o "$so" -L"$lib" -lcupti -Wl,-rpath,"$lib" >&2
+    fi
+    echo "$so"
 }
 
 # the GPU machine's python3 may bring an older libstdc++ than the one the library was built with
@@ -136,6 +153,9 @@ case "${1:-}" in
         bench_modes "bench-2gpu-$shape" -m "$q" -fa 1 -ngl 99 -sm layer -p 0 -n 64 -d "$depth" -r 3
         ;;
     profile)
+        # ncu replays each kernel alone: exact per-kernel times, not a step's wall time (trace gives that).
+        # KERNELS: regex of the kernels timed (default: the decode attention kernels); LAUNCH_SKIP / LAUNCH_COUNT:
+        # the window among the matching launches; NGEN: decode tokens
         shape=${2:-llama-8b}
         depth=${3:-32768}
         q=$(model "$shape")
@@ -143,10 +163,28 @@ case "${1:-}" in
         for mode in ${MODES:-dense radar}; do
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
             LLAMA_RADAR=$env_radar "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
-                -k regex:"flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)" --launch-count 400 \
-                "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n 8 -d "$depth" -r 1 > "$scratch/ncu-$mode.csv" 2> $scratch/ncu-$mode.log \
+                -k regex:"${KERNELS:-flash_attn_ext_vec|flash_attn_combine|radar_(score|select|attn|rf)}" \
+                --launch-skip "${LAUNCH_SKIP:-0}" --launch-count "${LAUNCH_COUNT:-400}" \
+                "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n "${NGEN:-8}" -d "$depth" -r 1 > "$scratch/ncu-$mode.csv" 2> $scratch/ncu-$mode.log \
                 || { tail -5 $scratch/ncu-$mode.log; }
             python3 scripts/ncu_summary.py "$scratch/ncu-$mode.csv" | tee "$out/profile-$shape-$depth-$mode.txt"
+        done
+        ;;
+    trace)
+        # every kernel of whole decode steps at the program's own speed (CUPTI; CUDA graphs kept), dense then
+        # Radar, one llama-bench run over all DEPTHS each: profile-SHAPE-MODE.{txt,json}, -steps.csv (per step)
+        # and the run's llama-bench JSON (the traced speed; bench gives the plain one)
+        shape=${2:-llama-8b}
+        depths=${3:-1024,65536,131072}
+        q=$(model "$shape")
+        so=$(tracer)
+        for mode in ${MODES:-dense radar}; do
+            env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
+            CUDA_INJECTION64_PATH=$so CUPTI_TRACE_OUT=$scratch/trace-$mode.csv LLAMA_RADAR=$env_radar \
+                "$bld/bin/llama-bench" -m "$q" -fa 1 -ngl 99 -p 0 -n "${NGEN:-32}" -d "$depths" -r 1 -o json \
+                > "$out/trace-$shape-$mode.json" 2> "$scratch/trace-$mode.log" || { tail -20 "$scratch/trace-$mode.log"; exit 1; }
+            python3 scripts/profile_summary.py "$scratch/trace-$mode.csv" --depths "$depths" --layers "${LAYERS:-32}" \
+                --label "$shape $mode" --out "$out/profile-$shape-$mode" | grep -E "^#|^## |^wall|^kernels|^gap|^launches"
         done
         ;;
     fallback)

@@ -3,13 +3,106 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from .config import SCORES, SUMMARY_TYPES, RadarConfig
-from .sizes import argparse_size
+from .sizes import argparse_size, parse_size
 
 DEFAULT_CTX = "8k"
+MAX_CTX = (1 << 31) - 1  # engine.MAX_CTX (not imported: the engine pulls in llama_cpp)
+MAX_SEED = (1 << 32) - 1
+
+# -- validating argparse types: a bad value is a usage error naming the flag (exit 2), no traceback --
+
+
+def int_range(lo: Optional[int] = None, hi: Optional[int] = None, what: str = "an integer") -> Callable:
+    """An ``argparse`` type: an integer in [lo, hi] (either bound may be None)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, got {v}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+def float_range(
+    lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False, what: str = "a number"
+) -> Callable:
+    """An ``argparse`` type: a finite number in [lo, hi], or (lo, hi] with ``lo_open``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if lo_open else 'at least'} {lo:g}, got {v:g}"
+            )
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:g}, got {v:g}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = int_range(1, what="a positive integer")  # --threads, -n, --rounds
+nonneg_int = int_range(0, what="a non-negative integer")
+gpu_layers_int = int_range(-1, what="a number of layers (-1: all)")
+seed_int = int_range(-1, MAX_SEED, what="a seed (-1: random)")
+temperature_float = float_range(0.0, what="a temperature (0: greedy)")
+top_p_float = float_range(0.0, 1.0, lo_open=True, what="a probability")
+
+
+def ctx_size(text: str) -> int:
+    """``argparse`` type of --ctx: a size (64k, 32768) that llama.cpp can hold (at most 2^31-1 tokens)."""
+    n = argparse_size(text)
+    if n > MAX_CTX:
+        raise argparse.ArgumentTypeError(f"{text!r} is {n} tokens; at most {MAX_CTX}")
+    return n
+
+
+def dense_below_size(text: str) -> int:
+    """``argparse`` type of --radar-dense-below: -1 (by device), 0 (always Radar) or a size (4k)."""
+    if text.strip() in ("-1", "0"):
+        return int(text)
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; or -1 (by device), 0 (Radar from the start)") from None
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, *, top_p: bool = True) -> None:
+    """--temp, --top-p (unless ``top_p=False``) and --seed, validated (a bad value is a usage error)."""
+    parser.add_argument(
+        "--temp",
+        type=temperature_float,
+        default=0.0,
+        help="sampling temperature, >= 0; 0 is greedy (default: %(default)s)",
+    )
+    if top_p:
+        parser.add_argument(
+            "--top-p",
+            type=top_p_float,
+            default=0.95,
+            help="nucleus sampling, in (0, 1] (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--seed", type=seed_int, default=0, help="sampling seed; -1: random (default: %(default)s)"
+    )
 
 
 def add_radar_args(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +148,7 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--radar-dense-below",
-        type=argparse_size,
+        type=dense_below_size,
         default=d.dense_below,
         help="stay dense below this many tokens (default: -1 = by device, 4k on the CPU, 16k on a GPU)",
     )
@@ -95,14 +188,16 @@ def add_model_args(
         parser.add_argument("-m", "--model", default=None, help=model_help)
     parser.add_argument(
         "--ctx",
-        type=argparse_size,
-        default=argparse_size(ctx_default),
+        type=ctx_size,
+        default=ctx_size(ctx_default),
         help="context length, e.g. 32768, 64k, 1m (default: %(default)s)",
     )
     parser.add_argument(
-        "--gpu-layers", "-ngl", type=int, default=0, help="layers to offload to the GPU (-1: all)"
+        "--gpu-layers", "-ngl", type=gpu_layers_int, default=0, help="layers to offload to the GPU (-1: all)"
     )
-    parser.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument(
+        "--threads", "-t", type=positive_int, default=None, help="CPU threads (default: all cores)"
+    )
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
 

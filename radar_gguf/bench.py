@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .args import add_radar_args, radar_from_args
+from .args import add_radar_args, gpu_layers_int, positive_int, radar_from_args
 from .config import RadarConfig
 from .engine import prefill_bar
 from .sizes import argparse_size, format_size
@@ -47,10 +47,14 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--depths", default=DEFAULT_DEPTHS, help="context depths, comma separated (default: %(default)s)"
     )
-    p.add_argument("-n", "--n-gen", type=int, default=32, help="timed decode steps per depth, mode and round")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per depth; the best counts")
-    p.add_argument("--threads", "-t", type=int, default=None)
-    p.add_argument("--gpu-layers", "-ngl", type=int, default=0)
+    p.add_argument(
+        "-n", "--n-gen", type=positive_int, default=32, help="timed decode steps per depth, mode and round"
+    )
+    p.add_argument(
+        "--rounds", type=positive_int, default=2, help="alternating rounds per depth; the best counts"
+    )
+    p.add_argument("--threads", "-t", type=positive_int, default=None)
+    p.add_argument("--gpu-layers", "-ngl", type=gpu_layers_int, default=0)
     p.add_argument("--out", type=Path, default=None, help="append records to this JSON file")
     p.add_argument(
         "--device", default=None, help="device description for the records (default: detected CPU)"

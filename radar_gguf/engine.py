@@ -278,8 +278,7 @@ class Model:
         llama_cpp = _lib.bindings()
         self.path = Path(path)
         self.info = check_gguf(self.path)  # clear errors before llama.cpp touches the file
-        if not 0 < ctx <= MAX_CTX:
-            raise ValueError(f"ctx must be in [1, {MAX_CTX}], got {ctx}")
+        _check_load_args(ctx=ctx, threads=threads, gpu_layers=gpu_layers, n_batch=n_batch)
         trained = self.info.context_length
         if trained and ctx > trained:
             warnings.warn(
@@ -290,6 +289,9 @@ class Model:
         # one generation at a time: a second thread waits, a second generator in this thread is refused
         self._lock = threading.Lock()
         self._owner: Optional[int] = None
+        self._generating = False  # the owner's hold is an open stream_generate
+        self._llama: Any = None
+        self._llama_guard = _LlamaGuard(self)
         self.memory: Optional[MemoryEstimate] = None
         if (
             fit_check
@@ -309,7 +311,7 @@ class Model:
             if problem:
                 raise ContextTooLargeError(f"{self.path.name}: {problem}")
         n_threads = threads or _default_threads()
-        self.llama = llama_cpp.Llama(
+        self._llama = llama_cpp.Llama(
             model_path=str(self.path),
             n_ctx=ctx,
             n_batch=n_batch,
@@ -338,10 +340,10 @@ class Model:
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Free the model and its context."""
-        llama = getattr(self, "llama", None)
+        llama = getattr(self, "_llama", None)
         if llama is not None:
             llama.close()
-            self.llama = None  # type: ignore[assignment]
+            self._llama = None
 
     def __enter__(self) -> Model:
         return self
@@ -349,23 +351,47 @@ class Model:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def llama(self) -> Any:
+        """The underlying ``llama_cpp.Llama``, behind a guard that shares this model's lock (None once
+        closed).
+
+        Calls of its methods (``eval``, ``reset``, ``sample``, ``save_state``, ...) and assignments to
+        its attributes (``n_tokens = ...``) hold the model as :meth:`exclusive` does: from another
+        thread they wait until an open generation is exhausted or closed; from the thread whose
+        generation is still open they raise RuntimeError (they would change its context under it).
+        Inside ``with model.exclusive():`` they run at once. Queries of the vocabulary and the model
+        (``tokenize``, ``detokenize``, ``n_vocab``, ``token_bos``, ...) never wait. Attributes read
+        through it (``ctx``, ``_ctx``, ``input_ids``, ``_model``, ``metadata``) are llama_cpp's own
+        objects, not guarded: code that changes the context through them should hold
+        ``model.exclusive()``.
+        """
+        return None if self._llama is None else self._llama_guard
+
     @contextmanager
-    def exclusive(self, what: str = "this call") -> Iterator[None]:
+    def exclusive(self, what: str = "this call", *, _generation: bool = False) -> Iterator[None]:
         """Hold the model for one operation: another thread waits its turn; the same thread, while a
         generation from this model is still open (not exhausted or closed), gets a RuntimeError
-        (its context would be changed under the open generation)."""
+        (its context would be changed under the open generation). Holds nest within one thread."""
         me = threading.get_ident()
         if self._owner == me:
-            raise RuntimeError(
-                f"{what}: a generation from this model is still open in this thread; exhaust it or call "
-                "its close() first (one model runs one generation at a time)"
-            )
-        with self._lock:
-            self._owner = me
+            if self._generating:
+                raise RuntimeError(
+                    f"{what}: a generation from this model is still open in this thread; exhaust it or call "
+                    "its close() first (one model runs one generation at a time)"
+                )
+            self._generating = _generation  # nested in this thread's own hold
             try:
                 yield
             finally:
-                self._owner = None
+                self._generating = False
+            return
+        with self._lock:
+            self._owner, self._generating = me, _generation
+            try:
+                yield
+            finally:
+                self._owner, self._generating = None, False
 
     # -- Radar ----------------------------------------------------------------------------------
     def set_radar(self, cfg: RadarConfig) -> None:
@@ -374,36 +400,36 @@ class Model:
         ``self.radar`` then holds the parameters as the library applied them: ``dense_below=-1``
         comes back as the threshold chosen for the device holding the KV cache."""
         with self.exclusive("set_radar"):
-            _lib.radar_set(self.llama.ctx, cfg)
-            self.radar = _lib.radar_get(self.llama.ctx) if cfg.enabled else cfg
+            _lib.radar_set(self._llama.ctx, cfg)
+            self.radar = _lib.radar_get(self._llama.ctx) if cfg.enabled else cfg
 
     def radar_stats(self) -> RadarStats:
-        return _lib.radar_stats(self.llama.ctx)
+        return _lib.radar_stats(self._llama.ctx)
 
     # -- tokens -----------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.llama.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        return self._llama.detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     @property
     def n_past(self) -> int:
         """Tokens currently held in the context."""
-        return self.llama.n_tokens
+        return self._llama.n_tokens
 
     def reset(self) -> None:
         """Forget the context (the next call prefills from scratch)."""
         with self.exclusive("reset"):
-            self.llama.reset()
-            self.llama._ctx.kv_cache_clear()
+            self._llama.reset()
+            self._llama._ctx.kv_cache_clear()
 
     def logits(self) -> Any:
         """Logits of the last evaluated token, as a NumPy array [n_vocab] (a copy)."""
         import numpy as np
 
-        n_vocab = self.llama.n_vocab()
-        return np.ctypeslib.as_array(self.llama._ctx.get_logits(), shape=(n_vocab,)).copy()
+        n_vocab = self._llama.n_vocab()
+        return np.ctypeslib.as_array(self._llama._ctx.get_logits(), shape=(n_vocab,)).copy()
 
     def prefill(
         self,
@@ -430,7 +456,7 @@ class Model:
                 f"the prompt has {len(tokens)} tokens but the context holds {self.ctx}; "
                 "raise --ctx or shorten the prompt"
             )
-        llama = self.llama
+        llama = self._llama
         n_keep = 0
         held = llama.input_ids[: llama.n_tokens]
         for a, b in zip(held, tokens):
@@ -458,14 +484,14 @@ class Model:
         self,
         prompt: Union[str, Sequence[int]],
         *,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
         top_p: float = 0.95,
         top_k: int = 40,
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         seed: Optional[int] = None,
-        stop: Sequence[str] = (),
+        stop: Union[str, Sequence[str], None] = (),
         add_bos: bool = True,
     ) -> Iterator[GenerationResponse]:
         """Generate from ``prompt`` (text or token ids), yielding one response per token.
@@ -473,37 +499,58 @@ class Model:
         The context keeps the longest common prefix with the previous call (multi-turn chat
         does not re-prefill). Greedy when ``temperature`` is 0. Stops at an end-of-generation
         token, a ``stop`` string, ``max_tokens``, or a full context.
+
+        ``max_tokens``: >= 0, or None for no limit but the context. ``temperature`` >= 0, ``top_p`` in
+        (0, 1], ``top_k`` >= 0 (0: all tokens), ``min_p`` in [0, 1], ``repeat_penalty`` > 0 (1: none),
+        ``seed`` None or in [-1, 2**32 - 1]. ``stop``: a string, or a sequence of strings (each one a
+        stop string; empty ones are ignored). A value out of range raises ValueError naming it, at this
+        call (before anything is evaluated).
         """
-        with self.exclusive("stream_generate"):
-            yield from self._stream_generate(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                min_p=min_p,
-                repeat_penalty=repeat_penalty,
-                seed=seed,
-                stop=stop,
-                add_bos=add_bos,
-            )
+        stop = _check_sampling(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            stop=stop,
+        )
+        return self._locked_stream(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            stop=stop,
+            add_bos=add_bos,
+        )
+
+    def _locked_stream(
+        self, prompt: Union[str, Sequence[int]], **kwargs: Any
+    ) -> Iterator[GenerationResponse]:
+        with self.exclusive("stream_generate", _generation=True):
+            yield from self._stream_generate(prompt, **kwargs)
 
     def _stream_generate(
         self,
         prompt: Union[str, Sequence[int]],
         *,
-        max_tokens: int,
+        max_tokens: Optional[int],
         temperature: float,
         top_p: float,
         top_k: int,
         min_p: float,
         repeat_penalty: float,
         seed: Optional[int],
-        stop: Sequence[str],
+        stop: tuple[str, ...],
         add_bos: bool,
     ) -> Iterator[GenerationResponse]:
         llama_cpp = _lib.bindings()
-        llama = self.llama
+        llama = self._llama
         tokens = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ValueError("empty prompt")
@@ -529,7 +576,7 @@ class Model:
             text_so_far = ""
             finish: Optional[str] = None
             while finish is None:
-                if n_gen >= max_tokens:
+                if max_tokens is not None and n_gen >= max_tokens:
                     break
                 token = llama.sample()
                 n_gen += 1
@@ -552,7 +599,7 @@ class Model:
                         piece = piece[: max(0, len(piece) - (len(text_so_far) - hit))]
                         finish = "stop"
                 elapsed = time.perf_counter() - t_gen0
-                if finish is None and n_gen >= max_tokens:
+                if finish is None and max_tokens is not None and n_gen >= max_tokens:
                     finish = "length"
                 yield GenerationResponse(
                     text=piece,
@@ -578,7 +625,7 @@ class Model:
         """Render ``messages`` with the model's chat template (from the GGUF); returns (prompt, stops)."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llama = self.llama
+        llama = self._llama
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
             # no template in the file: a plain transcript
@@ -598,7 +645,7 @@ class Model:
     def chat_tokens(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
         """The token ids :meth:`stream_chat` prefills for ``messages``, and the template's stop strings."""
         prompt, stops = self.format_chat(messages)
-        llama = self.llama
+        llama = self._llama
         bos = llama.token_bos()
         bos_in_template = bos >= 0 and prompt.startswith(llama._model.token_get_text(bos))
         return self.tokenize(prompt, add_bos=not bos_in_template and _wants_bos(self)), stops
@@ -675,9 +722,147 @@ class Model:
         }
 
 
+# Llama methods that only read the vocabulary or the model's metadata: safe beside a running decode
+_LLAMA_QUERIES = frozenset(
+    {
+        "tokenize",
+        "detokenize",
+        "n_vocab",
+        "n_ctx",
+        "n_embd",
+        "token_bos",
+        "token_eos",
+        "token_nl",
+        "pooling_type",
+    }
+)
+
+
+class _LlamaGuard:
+    """``Model.llama``: the model's ``llama_cpp.Llama`` with its method calls and attribute
+    assignments under the model's lock (see :attr:`Model.llama`)."""
+
+    __slots__ = ("_guarded_model",)
+
+    def __init__(self, model: Model) -> None:
+        object.__setattr__(self, "_guarded_model", model)
+
+    def _guarded_llama(self) -> Any:
+        llama = self._guarded_model._llama
+        if llama is None:
+            raise RuntimeError("the model is closed")
+        return llama
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._guarded_llama(), name)
+        if name in _LLAMA_QUERIES or not callable(value) or not hasattr(value, "__self__"):
+            return value  # data (ctx, input_ids, n_tokens, _model, ...) and queries: as they are
+        model = self._guarded_model
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with model.exclusive(f"model.llama.{name}"):
+                return value(*args, **kwargs)
+
+        guarded.__name__ = name
+        guarded.__doc__ = getattr(value, "__doc__", None)
+        return guarded
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        with self._guarded_model.exclusive(f"setting model.llama.{name}"):
+            setattr(self._guarded_llama(), name, value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._guarded_model.exclusive("model.llama(...)"):
+            return self._guarded_llama()(*args, **kwargs)
+
+    def __dir__(self) -> list:
+        return dir(self._guarded_llama())
+
+    def __repr__(self) -> str:
+        return f"<guarded {self._guarded_llama()!r}>"
+
+
+def _check_sampling(
+    *,
+    max_tokens: Optional[int],
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repeat_penalty: float,
+    seed: Optional[int],
+    stop: Union[str, Sequence[str], None],
+) -> tuple[str, ...]:
+    """ValueError naming the first sampling parameter out of range; returns ``stop`` as a tuple."""
+
+    def number(name: str, v: Any) -> float:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or v != v
+            or v in (float("inf"), -float("inf"))
+        ):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        return float(v)
+
+    def integer(name: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+        return v
+
+    if max_tokens is not None and integer("max_tokens", max_tokens) < 0:
+        raise ValueError(f"max_tokens must be >= 0 (or None: up to the context), got {max_tokens}")
+    if number("temperature", temperature) < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if not 0 < number("top_p", top_p) <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if integer("top_k", top_k) < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no limit), got {top_k}")
+    if not 0 <= number("min_p", min_p) <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    if number("repeat_penalty", repeat_penalty) <= 0:
+        raise ValueError(f"repeat_penalty must be > 0 (1: none), got {repeat_penalty}")
+    if seed is not None and not -1 <= integer("seed", seed) <= (1 << 32) - 1:
+        raise ValueError(f"seed must be in [-1, {(1 << 32) - 1}] (-1: random), got {seed}")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):  # one stop string, not its characters
+        stop = (stop,)
+    elif isinstance(stop, (bytes, bytearray)):
+        raise ValueError("stop must be a string or a list of strings, got bytes")
+    else:
+        try:
+            stop = tuple(stop)
+        except TypeError:
+            raise ValueError(
+                f"stop must be a string or a list of strings, got {type(stop).__name__}"
+            ) from None
+    bad = [s for s in stop if not isinstance(s, str)]
+    if bad:
+        raise ValueError(f"stop must be a string or a list of strings; {bad[0]!r} is not a string")
+    return tuple(s for s in stop if s)
+
+
+def _check_load_args(*, ctx: Any, threads: Any, gpu_layers: Any, n_batch: Any) -> None:
+    """ValueError naming the first of :func:`load`'s sizes out of range (before anything is read)."""
+    for name, v, lo, hi, none_ok in (
+        ("ctx", ctx, 1, MAX_CTX, False),
+        ("threads", threads, 1, 1 << 16, True),
+        ("gpu_layers", gpu_layers, -1, MAX_CTX, False),
+        ("n_batch", n_batch, 1, MAX_CTX, False),
+    ):
+        if v is None and none_ok:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+        if not lo <= v <= hi:
+            extra = " (-1: all layers)" if name == "gpu_layers" else ""
+            raise ValueError(f"{name} must be in [{lo}, {hi}]{extra}, got {v}")
+
+
 def _wants_bos(model: Model) -> bool:
     llama_cpp = _lib.bindings()
-    return bool(llama_cpp.llama_vocab_get_add_bos(model.llama._model.vocab))
+    return bool(llama_cpp.llama_vocab_get_add_bos(model._llama._model.vocab))
 
 
 def _split_utf8(raw: bytes) -> tuple[str, bytes]:
@@ -733,7 +918,7 @@ def load(
         ctx: context length in tokens.
         radar: Radar parameters (default: ``RadarConfig()``); ``RadarConfig(enabled=False)`` is dense.
         gpu_layers: layers to offload to the GPU (CUDA/Metal builds); -1 for all.
-        threads: CPU threads (default: all available cores).
+        threads: CPU threads, >= 1 (default None: all available cores).
         seed: sampling seed.
         flash_attn: flash attention (Radar needs it; off only for dense-only comparisons).
         fit_check: refuse (ContextTooLargeError) a context that would not fit in host or GPU memory,
@@ -742,6 +927,7 @@ def load(
             model and context take at most half the available memory (CPU only).
         llama_kwargs: passed on to ``llama_cpp.Llama`` (e.g. ``type_k``, ``type_v``).
     """
+    _check_load_args(ctx=ctx, threads=threads, gpu_layers=gpu_layers, n_batch=n_batch)
     path = resolve_model_path(model)
     return Model(
         path,

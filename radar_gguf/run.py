@@ -11,7 +11,14 @@ import signal
 import sys
 from typing import Optional
 
-from .args import add_model_args, add_radar_args, load_from_args, parse_args_and_radar
+from .args import (
+    add_model_args,
+    add_radar_args,
+    add_sampling_args,
+    load_from_args,
+    parse_args_and_radar,
+    positive_int,
+)
 from .session import SessionError, load_session, save_session
 from .sizes import format_size
 
@@ -34,15 +41,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-n",
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=512,
         help="tokens to generate per reply (default: %(default)s)",
     )
-    p.add_argument(
-        "--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)"
-    )
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    add_sampling_args(p)
     p.add_argument("--system", default=None, help="system prompt for the chat")
     p.add_argument("--raw", action="store_true", help="with -p: no chat template, plain completion")
     add_radar_args(p)
@@ -106,7 +109,7 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
         print("Type /help for commands, Ctrl-D to quit.")
     while True:
         try:
-            line = input(">>> ") if interactive else _read_line(stdin)
+            line = _clean_text(input(">>> ")) if interactive else _read_line(stdin)
         except EOFError:
             if interactive:
                 print()
@@ -138,25 +141,27 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
                 history = system + [m for m in history if m["role"] != "system"]
                 print("(system prompt removed)" if arg == "-" else "(system prompt set)")
             elif cmd == "/save":
-                if not arg:
+                path = _arg_path(arg)
+                if not path:
                     print("usage: /save FILE")
                     continue
                 try:
-                    h = save_session(model, _arg_path(arg), history)
-                except SessionError as e:
+                    h = save_session(model, path, history)
+                except (SessionError, OSError) as e:  # the conversation stays as it is
                     print(f"error: {e}")
                     continue
                 print(
                     f"(saved {len(history)} messages and {h['n_tokens']} tokens of context, "
-                    f"{h['state_bytes'] / 2**20:.1f} MiB of state, to {_arg_path(arg)})"
+                    f"{h['state_bytes'] / 2**20:.1f} MiB of state, to {path})"
                 )
             elif cmd == "/load":
-                if not arg:
+                path = _arg_path(arg)
+                if not path:
                     print("usage: /load FILE")
                     continue
                 try:
-                    history = load_session(model, _arg_path(arg))
-                except SessionError as e:
+                    history = load_session(model, path)
+                except (SessionError, OSError) as e:
                     print(f"error: {e}")
                     continue
                 system = [m for m in history[:1] if m.get("role") == "system"]
@@ -173,7 +178,11 @@ def repl(model, args: argparse.Namespace, stdin=sys.stdin, out=sys.stdout) -> in
                 if arg not in ("on", "off"):
                     print("usage: /radar on|off")
                 else:
-                    model.set_radar(model.radar.replace(enabled=arg == "on"))
+                    try:
+                        model.set_radar(model.radar.replace(enabled=arg == "on"))
+                    except (ValueError, RuntimeError) as e:  # e.g. no Radar kernels for this GPU
+                        print(f"error: {e}")
+                        continue
                     print(f"({model.radar.describe()})")
             else:
                 print(f"unknown command {cmd}; /help lists them")
@@ -231,15 +240,49 @@ def chat_turn(
 
 def _read_line(stdin) -> Optional[str]:
     line = stdin.readline()
-    return None if line == "" else line
+    return None if line == "" else _clean_text(line)
+
+
+def _clean_text(text: str) -> str:
+    """Bytes that are not UTF-8 (surrogate-escaped by Python's stdin) become U+FFFD instead of an error
+    when the text is tokenized."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _read_stdin_text(stdin=None) -> str:
+    """All of stdin as text; ValueError if it is not UTF-8."""
+    stdin = stdin if stdin is not None else sys.stdin
+    buf = getattr(stdin, "buffer", None)
+    if buf is None:
+        return stdin.read()
+    data = buf.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"stdin is not UTF-8 text (undecodable byte at offset {e.start})") from None
 
 
 def main(argv: Optional[list] = None) -> int:
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args, radar = parse_args_and_radar(setup_arg_parser(), argv)
-    if args.prompt == "-":
-        args.prompt = sys.stdin.read()
+    parser = setup_arg_parser()
+    args, radar = parse_args_and_radar(parser, argv)
+    from_stdin = args.prompt == "-"
+    if from_stdin:
+        try:
+            args.prompt = _read_stdin_text()
+        except ValueError as e:
+            parser.error(f"-p -: {e}")
+    elif args.prompt is not None:
+        args.prompt = _clean_text(args.prompt)  # bytes of argv that are not UTF-8
+    if args.system is not None:
+        args.system = _clean_text(args.system)
+    if args.prompt is not None and not args.prompt.strip():
+        parser.error("-p -: stdin is empty, no prompt" if from_stdin else "-p: the prompt is empty")
     model = load_from_args(args, radar)
     if model is None:
         return 1

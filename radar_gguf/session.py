@@ -39,25 +39,47 @@ def model_fingerprint(path: Path) -> dict:
     return {"file": path.name, "size": path.stat().st_size, "sha256_head": h.hexdigest()}
 
 
+def _target_path(path: os.PathLike) -> Path:
+    """``path`` as a file to write; SessionError (nothing written) for an empty path, a directory, or a
+    folder that does not exist or cannot be written."""
+    if not os.fspath(path).strip():
+        raise SessionError("no file name given")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise SessionError(f"{path} is a directory; give a file name, e.g. {path / 'chat.session'}")
+    if not path.name or path.name in (".", ".."):
+        raise SessionError(f"{path} is not a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise SessionError(f"cannot write {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SessionError(f"cannot write {path}: the folder {parent} is not writable")
+    return path
+
+
 def save_session(model, path: os.PathLike, history: list) -> dict:
-    """Write the conversation ``history`` and the context holding it (KV cache included) to ``path``."""
+    """Write the conversation ``history`` and the context holding it (KV cache included) to ``path``.
+
+    Raises SessionError (nothing written, the model untouched) if ``path`` cannot be written."""
     from . import __version__, _lib
 
+    path = _target_path(path)
     C = _lib.bindings().llama_cpp
-    llama = model.llama
-    n_tokens = int(llama.n_tokens)
-    size = int(C.llama_state_get_size(llama.ctx))
-    buf = (ctypes.c_uint8 * size)()
-    n_bytes = int(C.llama_state_get_data(llama.ctx, buf, size))
-    if n_bytes > size:
-        raise SessionError("llama.cpp returned more state than it announced; not saved")
-    state = memoryview(buf).cast("B")[:n_bytes]
-    tokens = llama.input_ids[:n_tokens].astype("<i4").tobytes()
+    with model.exclusive("save_session"):  # a consistent snapshot: no other thread decodes meanwhile
+        llama = model.llama
+        n_tokens = int(llama.n_tokens)
+        size = int(C.llama_state_get_size(llama.ctx))
+        buf = (ctypes.c_uint8 * size)()
+        n_bytes = int(C.llama_state_get_data(llama.ctx, buf, size))
+        if n_bytes > size:
+            raise SessionError("llama.cpp returned more state than it announced; not saved")
+        state = memoryview(buf).cast("B")[:n_bytes]
+        tokens = llama.input_ids[:n_tokens].astype("<i4").tobytes()
     header = {
         "format": "radar_gguf conversation",
         "radar_gguf": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model_fingerprint(model.path),
+        "model": _fingerprint(model.path),
         "ctx": model.ctx,
         "n_tokens": n_tokens,
         "state_bytes": n_bytes,
@@ -66,7 +88,6 @@ def save_session(model, path: os.PathLike, history: list) -> dict:
         "history": list(history),
     }
     head = json.dumps(header, ensure_ascii=False).encode("utf-8")
-    path = Path(path).expanduser()
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -79,6 +100,13 @@ def save_session(model, path: os.PathLike, history: list) -> dict:
         tmp.unlink(missing_ok=True)
         raise SessionError(f"cannot write {path}: {e.strerror or e}") from None
     return header
+
+
+def _fingerprint(path: Path) -> dict:
+    try:
+        return model_fingerprint(path)
+    except OSError as e:
+        raise SessionError(f"cannot read the model file {path}: {e.strerror or e}") from None
 
 
 def read_session_header(path: os.PathLike) -> tuple[dict, int]:
@@ -128,9 +156,11 @@ def load_session(model, path: os.PathLike) -> list:
 
     from . import _lib
 
+    if not os.fspath(path).strip():
+        raise SessionError("no file name given")
     path = Path(path).expanduser()
     header, offset = read_session_header(path)
-    saved, here = header["model"], model_fingerprint(model.path)
+    saved, here = header["model"], _fingerprint(model.path)
     if (saved.get("size"), saved.get("sha256_head")) != (here["size"], here["sha256_head"]):
         raise SessionError(
             f"{path} was saved with the model {saved.get('file')} ({saved.get('size')} bytes); "
@@ -144,23 +174,29 @@ def load_session(model, path: os.PathLike) -> list:
     n_tokens, n_bytes = int(header["n_tokens"]), int(header["state_bytes"])
     if not 0 <= n_tokens <= model.ctx:
         raise SessionError(f"{path} is damaged ({n_tokens} tokens in a {model.ctx}-token context)")
-    with open(path, "rb") as f:
-        f.seek(offset)
-        tokens = np.frombuffer(f.read(4 * n_tokens), dtype="<i4")
-        state = bytearray(n_bytes)
-        got = f.readinto(state)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            tokens = np.frombuffer(f.read(4 * n_tokens), dtype="<i4")
+            state = bytearray(n_bytes)
+            got = f.readinto(state)
+    except (OSError, MemoryError) as e:
+        raise SessionError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     if len(tokens) != n_tokens or got != n_bytes:
         raise SessionError(f"{path} is truncated")
     if hashlib.sha256(state).hexdigest() != header.get("state_sha256"):
         raise SessionError(f"{path} is damaged (state checksum mismatch)")
 
     C = _lib.bindings().llama_cpp
-    llama = model.llama
-    model.reset()
-    buf = (ctypes.c_uint8 * n_bytes).from_buffer(state)
-    if int(C.llama_state_set_data(llama.ctx, buf, n_bytes)) != n_bytes:
+    with model.exclusive("load_session"):
+        llama = model.llama
         model.reset()
-        raise SessionError(f"llama.cpp could not restore the context from {path}; the context is now empty")
-    llama.input_ids[:n_tokens] = tokens
-    llama.n_tokens = n_tokens
+        buf = (ctypes.c_uint8 * n_bytes).from_buffer(state)
+        if int(C.llama_state_set_data(llama.ctx, buf, n_bytes)) != n_bytes:
+            model.reset()
+            raise SessionError(
+                f"llama.cpp could not restore the context from {path}; the context is now empty"
+            )
+        llama.input_ids[:n_tokens] = tokens
+        llama.n_tokens = n_tokens
     return [dict(m) for m in header["history"]]

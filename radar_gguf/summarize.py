@@ -14,6 +14,7 @@ Ctrl-C are one pipeline, each step a few small functions.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -24,7 +25,15 @@ from typing import Callable, Optional, TextIO
 
 from tqdm import tqdm
 
-from .args import add_model_args, add_radar_args, load_from_args, parse_args_and_radar
+from .args import (
+    add_model_args,
+    add_radar_args,
+    add_sampling_args,
+    int_range,
+    load_from_args,
+    parse_args_and_radar,
+    positive_int,
+)
 from .engine import PREFILL_PIECE
 from .sizes import format_size
 
@@ -488,27 +497,41 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-n",
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=512,
         help="tokens for the summary of each document (default: %(default)s)",
     )
     p.add_argument(
         "--chunk-tokens",
-        type=int,
+        type=int_range(16, what="a number of tokens (at least 16)"),
         default=None,
-        help="map-reduce chunk size in tokens (default: what fits the context)",
+        help="map-reduce chunk size in tokens, at least 16 (default: what fits the context)",
     )
-    p.add_argument(
-        "--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    add_sampling_args(p, top_p=False)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     add_radar_args(p)
     return p
 
 
+def _out_problem(path: str) -> Optional[str]:
+    """Why ``--out path`` cannot be written (None if it can): empty, a directory, no such folder."""
+    if not path.strip():
+        return "empty file name"
+    out = Path(path).expanduser()
+    if out.is_dir():
+        return "is a directory; give a file name"
+    if not out.name or out.name in (".", ".."):
+        return "not a file name"
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        return "its folder does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its folder {parent} is not writable"
+    return None
+
+
 def _write_out(path: str, text: str) -> None:
-    out = Path(path)
+    out = Path(path).expanduser()
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
@@ -519,16 +542,14 @@ def main(argv: Optional[list] = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = setup_arg_parser()
     args, radar = parse_args_and_radar(parser, argv)
-    if args.max_tokens < 1:
-        parser.error("-n/--max-tokens must be at least 1")
-    if args.chunk_tokens is not None and args.chunk_tokens < 16:
-        parser.error("--chunk-tokens must be at least 16")
     specs = args.files or ["-"]
     if specs.count("-") > 1:
         parser.error("stdin ('-') can be read only once")
-    if args.out is not None and not Path(args.out).expanduser().resolve().parent.is_dir():
-        print(f"error: {args.out}: its folder does not exist", file=sys.stderr)
-        return 1
+    if args.out is not None:
+        problem = _out_problem(args.out)
+        if problem:  # found before any work, not when the summary is done
+            print(f"error: {args.out or '--out'}: {problem}", file=sys.stderr)
+            return 1
     progress = Progress(quiet=args.quiet)
 
     results: list[tuple[str, str]] = []

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+from ..args import gpu_layers_int, positive_int
 from ..config import SCORES, RadarConfig
 from ..sizes import argparse_size
 
@@ -118,8 +119,8 @@ def add_model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "model", nargs="?", default=None, help="GGUF path or hub spec (default: the bundled model)"
     )
-    sp.add_argument("--threads", "-t", type=int, default=None)
-    sp.add_argument("--gpu-layers", "-ngl", type=int, default=0)
+    sp.add_argument("--threads", "-t", type=positive_int, default=None)
+    sp.add_argument("--gpu-layers", "-ngl", type=gpu_layers_int, default=0)
     sp.add_argument(
         "--device", default=None, help="device description for the records (default: detected CPU)"
     )

@@ -24,6 +24,7 @@ from .context import add_cache_args, add_text_args, cache_dir, prefill_cached, t
 from .records import (
     DENSE,
     add_model_args,
+    config_specs,
     device_name,
     log,
     merge_records,
@@ -31,7 +32,6 @@ from .records import (
     parse_config,
     pyplot,
     sizes,
-    split_specs,
 )
 
 DEFAULT_CONFIGS = "dense,meanvar"
@@ -260,12 +260,7 @@ def add_niah_args(pn: argparse.ArgumentParser) -> None:
 def main_niah(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     from ..engine import load
 
-    specs = split_specs(args.configs)
-    try:
-        for s in specs:
-            parse_config(s)
-    except ValueError as e:
-        parser.error(f"--configs: {e}")
+    specs = config_specs(args.configs, parser)
     lengths = sizes(args.lengths, parser, "--lengths")
     try:
         depths = [float(d) for d in args.depths.split(",") if d.strip()]

@@ -36,13 +36,13 @@ from .records import (
     DENSE,
     RESULTS,
     add_model_args,
+    config_specs,
     device_name,
     log,
     merge_records,
     params_of,
     parse_config,
     sizes,
-    split_specs,
 )
 
 DEFAULT_CONFIGS = "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
@@ -311,12 +311,7 @@ def add_ppl_args(pp: argparse.ArgumentParser) -> None:
 def main_ppl(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     from ..engine import load
 
-    specs = split_specs(args.configs)
-    try:
-        for s in specs:
-            parse_config(s)
-    except ValueError as e:
-        parser.error(f"--configs: {e}")
+    specs = config_specs(args.configs, parser)
     if args.n_score < 1 or args.offset < 0:
         parser.error("-m must be at least 1 and --offset at least 0")
     contexts = sizes(args.contexts, parser, "--contexts")

@@ -70,6 +70,17 @@ def split_specs(text: str) -> list[str]:
     return out
 
 
+def config_specs(text: str, parser: argparse.ArgumentParser, flag: str = "--configs") -> list[str]:
+    """The specs of a comma list (``split_specs``), each checked (``parse_config``); a bad one is a usage error."""
+    specs = split_specs(text)
+    try:
+        for s in specs:
+            parse_config(s)
+    except ValueError as e:
+        parser.error(f"{flag}: {e}")
+    return specs
+
+
 def merge_records(path: Path, new: Sequence[dict], key: Sequence[str]) -> list[dict]:
     """Write ``new`` into the JSON list at ``path``, replacing records with the same ``key`` fields."""
     old = json.loads(path.read_text()) if path.exists() else []

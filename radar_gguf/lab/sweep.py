@@ -89,30 +89,36 @@ def sweep_records(
 
 
 def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
-    """Delta ppl (%) against attention bytes read per decode step, one labelled point per config."""
+    """Delta ppl (%) against attention bytes read per decode step: one labelled point per config, one colour
+    per corpus when the records span several (each corpus's meanvar budgets joined by a line)."""
     plt = pyplot()
     if plt is None:
         return None
+    corpora = list(dict.fromkeys(r.get("corpus", "essays") for r in recs))
+    colour = {c: f"C{i}" for i, c in enumerate(corpora)}
+    marker = {"meanvar": "o", "mean": "s", "minmax": "^", "rf": "v", "oracle": "*"}
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in recs:
+        x = r["bytes_per_step"] / 1e6
         if r["params"].get("enabled") is False:
-            ax.axvline(r["bytes_per_step"] / 1e6, color="grey", ls="--", lw=0.8)
-            ax.text(r["bytes_per_step"] / 1e6, 0, " dense", fontsize=7, color="grey")
+            ax.axvline(x, color="grey", ls="--", lw=0.8)
+            ax.text(x, 0, " dense", fontsize=7, color="grey")
             continue
-        score = r["params"]["score"]
-        ax.scatter(
-            r["bytes_per_step"] / 1e6,
-            r["value"],
-            s=18,
-            c={"meanvar": "C0", "mean": "C1", "minmax": "C2", "rf": "C3", "oracle": "C4"}.get(score, "k"),
+        c = r.get("corpus", "essays")
+        ax.scatter(x, r["value"], s=22, c=colour[c], marker=marker.get(r["params"]["score"], "x"))
+        if len(corpora) == 1:
+            ax.annotate(r["mode"], (x, r["value"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    for c in corpora:  # the budget line of the default score
+        line = sorted(
+            (r["bytes_per_step"] / 1e6, r["value"])
+            for r in recs
+            if r.get("corpus", "essays") == c
+            and r["params"].get("score") == "meanvar"
+            and ":" in r["mode"] + ":"
+            and set(r["mode"].partition(":")[2].split("=")[0:1]) <= {"", "token_budget"}
         )
-        ax.annotate(
-            r["mode"],
-            (r["bytes_per_step"] / 1e6, r["value"]),
-            fontsize=6,
-            xytext=(3, 2),
-            textcoords="offset points",
-        )
+        if line:
+            ax.plot(*zip(*line), color=colour[c], lw=0.8, label=c)
     ax.axhline(0, color="k", lw=0.5)
     ax.axhline(1, color="r", lw=0.5, ls=":")
     ax.set_xscale("log")
@@ -121,9 +127,12 @@ def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
     )
     ax.set_ylabel("perplexity vs dense (%)")
     ax.set_title(
-        f"{recs[0]['model']}, {format_size(recs[0]['context'])} context, M = {recs[0]['n_scored']}",
+        f"{recs[0]['model']}, {format_size(recs[0]['context'])} context, M = {recs[0]['n_scored']} per corpus"
+        + ("; stars: oracle ranking" if len(corpora) > 1 else ""),
         fontsize=9,
     )
+    if len(corpora) > 1:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +147,11 @@ def add_sweep_args(pw: argparse.ArgumentParser) -> None:
     pw.add_argument(
         "-m", "--n-score", type=int, default=256, help="ppl records with this M (default: %(default)s)"
     )
-    pw.add_argument("--corpus", default="essays", help="ppl records of this corpus (default: %(default)s)")
+    pw.add_argument(
+        "--corpus",
+        default="essays",
+        help="ppl records of this corpus, several (comma separated) or all (default: %(default)s)",
+    )
     pw.add_argument(
         "--ppl", type=Path, action="append", help="ppl record files (default: docs/results/quality-ppl.json)"
     )
@@ -162,21 +175,37 @@ def main_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     }
     context = sizes(args.context, parser, "--context")[0]
     ppl = [r for f in (args.ppl or [RESULTS / "quality-ppl.json"]) for r in json.loads(f.read_text())]
-    ppl = [r for r in ppl if corpus_of(r) == args.corpus]
+    name = resolve_model_path(args.model, progress=False).name
+    ppl = [r for r in ppl if r.get("model", name) == name]
     selection = json.loads(args.selection.read_text()) if args.selection and args.selection.exists() else []
-    recs = sweep_records(ppl, selection, shape, context, args.n_score)
+    corpora = (
+        list(dict.fromkeys(corpus_of(r) for r in ppl))
+        if args.corpus == "all"
+        else [c.strip() for c in args.corpus.split(",") if c.strip()]
+    )
+    recs = []
+    for c in corpora:
+        rows = sweep_records(
+            [r for r in ppl if corpus_of(r) == c],
+            [r for r in selection if corpus_of(r) == c],
+            shape,
+            context,
+            args.n_score,
+        )
+        recs += [{**r, "corpus": c} for r in sorted(rows, key=lambda r: r["bytes_per_step"])]
     if not recs:
-        parser.error(f"no ppl records at {args.context} with M = {args.n_score}")
-    recs.sort(key=lambda r: r["bytes_per_step"])
+        parser.error(f"no ppl records of {name} at {args.context} with M = {args.n_score} in {args.corpus}")
     cols = ("hit@1", "hit@3", "mass", "mass_searched")
     print(
-        "| config | ppl | vs dense | MB read / step | vs dense | cells / KV head | " + " | ".join(cols) + " |"
+        "| corpus | config | ppl | vs dense | MB read / step | vs dense | cells / KV head | "
+        + " | ".join(cols)
+        + " |"
     )
-    print("|---|---|---|---|---|---|" + "---|" * len(cols))
+    print("|---|---|---|---|---|---|---|" + "---|" * len(cols))
     for r in recs:
         hits = " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols)
         print(
-            f"| {r['mode']} | {r['ppl']:.3f} | {r['value']:+.2f}%"
+            f"| {r['corpus']} | {r['mode']} | {r['ppl']:.3f} | {r['value']:+.2f}%"
             + (f" ± {r['delta_se_pct']:.1f}" if r.get("delta_se_pct") and r["mode"] != "dense" else "")
             + f" | {r['bytes_per_step'] / 1e6:.2f} "
             f"{'' if r['bytes_measured'] else '(bound) '}| {r['bytes_vs_dense']:.3f} | {r['cells_per_kv_head']:.0f} | {hits} |"

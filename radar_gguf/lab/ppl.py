@@ -241,8 +241,10 @@ def pool_windows(records: Sequence[dict], context: int, n_score: int) -> list[di
     return out
 
 
-def print_pool(rows: Sequence[dict], per_window: bool = True, out=sys.stdout) -> None:
-    """Markdown table of ``pool_windows`` rows: pooled over the corpora, then per corpus."""
+def print_pool(rows: Sequence[dict], per_window: bool = True, out=None) -> None:
+    """Markdown table of ``pool_windows`` rows: pooled over the corpora, then per corpus (to ``out``, default
+    stdout at call time)."""
+    out = out or sys.stdout
     corpora = list(dict.fromkeys(c for r in rows for c in r["corpora"]))
     head = "| mode | windows | tokens | pooled ± SE | " + " | ".join(corpora) + " |"
     print(head, file=out)

@@ -71,6 +71,7 @@ def sweep_records(
             "dense_ppl": round(d_ppl, 4),
             "dense_same_command": own or r["mode"] == "dense",
             "n_scored": n_score,
+            "attended": r.get("attended"),  # cells one query head attends at the last scored step
             "bytes_per_step": int(total),
             "bytes_kv": int(meas["kv"]),
             "bytes_summaries": int(meas["summaries"]),
@@ -89,8 +90,10 @@ def sweep_records(
 
 
 def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
-    """Delta ppl (%) against attention bytes read per decode step: one labelled point per config, one colour
-    per corpus when the records span several (each corpus's meanvar budgets joined by a line)."""
+    """Delta ppl (%) against the cells a query head attends per decode step (the budget's axis; bytes per
+    step, which also depend on how far the heads of a group agree, are in the table): one labelled point
+    per config, one colour per corpus when the records span several (each corpus's meanvar budgets joined
+    by a line)."""
     plt = pyplot()
     if plt is None:
         return None
@@ -99,7 +102,7 @@ def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
     marker = {"meanvar": "o", "mean": "s", "minmax": "^", "rf": "v", "oracle": "*"}
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in recs:
-        x = r["bytes_per_step"] / 1e6
+        x = r["attended"] or r["bytes_per_step"]
         if r["params"].get("enabled") is False:
             ax.axvline(x, color="grey", ls="--", lw=0.8)
             ax.text(x, 0, " dense", fontsize=7, color="grey")
@@ -110,7 +113,7 @@ def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
             ax.annotate(r["mode"], (x, r["value"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     for c in corpora:  # the budget line of the default score
         line = sorted(
-            (r["bytes_per_step"] / 1e6, r["value"])
+            (r["attended"] or r["bytes_per_step"], r["value"])
             for r in recs
             if r.get("corpus", "essays") == c
             and r["params"].get("score") == "meanvar"
@@ -122,9 +125,7 @@ def sweep_plot(recs: Sequence[dict], path: Path) -> Optional[Path]:
     ax.axhline(0, color="k", lw=0.5)
     ax.axhline(1, color="r", lw=0.5, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel(
-        "attention bytes read per decode step, all layers (MB; K+V f16 of attended cells + summaries)"
-    )
+    ax.set_xlabel("cells a query head attends per decode step (dense: the whole context)")
     ax.set_ylabel("perplexity vs dense (%)")
     ax.set_title(
         f"{recs[0]['model']}, {format_size(recs[0]['context'])} context, M = {recs[0]['n_scored']} per corpus"

@@ -41,6 +41,7 @@ class llama_radar_params(ctypes.Structure):
         ("shared_gqa", ctypes.c_bool),
         ("summary_type", ctypes.c_int32),
         ("budget_max_scale", ctypes.c_float),
+        ("rescore", ctypes.c_float),
     ]
 
 
@@ -55,6 +56,7 @@ class llama_radar_stats(ctypes.Structure):
         ("n_seg_selected", ctypes.c_int32),
         ("n_attended", ctypes.c_int32),
         ("n_kv", ctypes.c_int32),
+        ("n_rescored", ctypes.c_int32),
     ]
 
 
@@ -146,6 +148,7 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
         shared_gqa=bool(p.shared_gqa),
         summary_type={v: k for k, v in SUMMARY_TYPES.items()}[p.summary_type],
         budget_max_scale=float(p.budget_max_scale),
+        rescore=float(p.rescore),
     )
 
 
@@ -165,6 +168,7 @@ def _to_c(cfg: RadarConfig) -> llama_radar_params:
         cfg.shared_gqa,
         SUMMARY_TYPES[cfg.summary_type],
         float(cfg.budget_max_scale),
+        float(cfg.rescore),
     )
 
 

@@ -65,6 +65,15 @@ gpu_layers_int = int_range(-1, what="a number of layers (-1: all)")
 seed_int = int_range(-1, MAX_SEED, what="a seed (-1: random)")
 temperature_float = float_range(0.0, what="a temperature (0: greedy)")
 top_p_float = float_range(0.0, 1.0, lo_open=True, what="a probability")
+_rescore_range = float_range(0.0, 64.0, what="a rescore factor (0: one stage)")
+
+
+def rescore_float(text: str) -> float:
+    """``argparse`` type of --radar-rescore: 0 (one stage) or a factor in [1, 64]."""
+    v = _rescore_range(text)
+    if 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (one stage) or in [1, 64], got {v:g}")
+    return v
 
 
 def ctx_size(text: str) -> int:
@@ -154,6 +163,13 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--radar-shared-gqa", action="store_true", help="one selection per KV head")
     g.add_argument(
+        "--radar-rescore",
+        type=rescore_float,
+        default=d.rescore,
+        help="two-stage selection: rescore this many times the budget exactly from the keys, keep the best; "
+        "0: one stage (default: %(default)s)",
+    )
+    g.add_argument(
         "--radar-summary-type",
         choices=sorted(SUMMARY_TYPES),
         default=d.summary_type,
@@ -174,6 +190,7 @@ def radar_from_args(args: argparse.Namespace) -> RadarConfig:
         dense_below=args.radar_dense_below,
         shared_gqa=args.radar_shared_gqa,
         summary_type=args.radar_summary_type,
+        rescore=args.radar_rescore,
     ).validate()
 
 

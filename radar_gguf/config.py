@@ -43,6 +43,10 @@ class RadarConfig:
             selects ``token_budget * min(1/f, budget_max_scale)`` tokens in them: the bytes a
             full-attention model of the same depth reads with ``token_budget`` (Gemma 3: 6x, 6144
             tokens) up to the cap (default 8). 1 turns it off (docs/quality.md).
+        rescore: two-stage selection: the ``rescore * top_k`` best segments by summary score are
+            rescored exactly from their keys (the log of their attention mass) and the ``top_k`` best of
+            those are attended. It reads ``rescore * token_budget`` more keys per query head and step.
+            0 (or 1): one stage.
     """
 
     enabled: bool = True
@@ -59,6 +63,7 @@ class RadarConfig:
     shared_gqa: bool = False
     summary_type: str = "f16"
     budget_max_scale: float = 8.0
+    rescore: float = 0.0
 
     def validate(self) -> RadarConfig:
         """Raise ValueError naming the first parameter out of range; return self."""
@@ -93,6 +98,10 @@ class RadarConfig:
             bad("budget_max_scale", "must be a number")
         if not 1 <= float(self.budget_max_scale) <= 64:
             bad("budget_max_scale", "must be in [1, 64]")
+        if isinstance(self.rescore, bool) or not isinstance(self.rescore, (int, float)):
+            bad("rescore", "must be a number")
+        if not (float(self.rescore) == 0 or 1 <= float(self.rescore) <= 64):
+            bad("rescore", "must be 0 (one stage) or in [1, 64]")
         return self
 
     @property
@@ -120,6 +129,7 @@ class RadarConfig:
         return (
             f"radar on above {self.dense_below_text()} tokens: {self.score} score, {sel}, "
             f"{self.n_sink} sink + {self.n_recent} recent, aspect {self.aspect:g}"
+            + (f", {self.rescore:g}x rescored" if self.rescore > 1 else "")
             + (", GQA-shared" if self.shared_gqa else "")
             + (f", {self.summary_type} summaries" if self.summary_type != "f16" else "")
         )
@@ -137,6 +147,7 @@ class RadarStats:
     n_seg_selected: int = 0
     n_attended: int = 0
     n_kv: int = 0
+    n_rescored: int = 0
 
     @classmethod
     def field_names(cls) -> list[str]:

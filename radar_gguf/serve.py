@@ -96,6 +96,7 @@ def radar_env(radar: RadarConfig) -> str:
         "shared": int(radar.shared_gqa),
         "budget_scale": f"{radar.budget_max_scale:g}",
         "summary": radar.summary_type,
+        "rescore": f"{radar.rescore:g}",
     }
     return ",".join(f"{k}={v}" for k, v in keys.items())
 

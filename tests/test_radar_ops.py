@@ -323,3 +323,73 @@ def test_two_streams_independent():
             n_seg=used // seg_len,
         )
         np.testing.assert_allclose(both[i], alone, atol=1e-6)
+
+
+def _rescore_margin(q, k, mask, seg_len, n_seg, top_k, n_rescore, scale, n_sink, n_recent, shared):
+    """Smallest gap, over heads, between the exact scores of the last kept and the first dropped candidate
+    of the reference's two-stage selection: the kernel rounds q for its dot products, so a test case must
+    not hinge on a near-tie."""
+    s = R.summarize(k, np.isfinite(mask), seg_len, n_seg, R.SCORE_MEANVAR, scale)
+    n_cand = n_seg - min(n_seg, -(-n_recent // seg_len))
+    sc = R.segment_scores(q, s[:n_cand], R.SCORE_MEANVAR, scale)
+    g = q.shape[0] // k.shape[1]
+    if shared:
+        sc = R._share_scores(sc, g)
+    cand = np.argsort(-sc, axis=1, kind="stable")[:, :n_rescore]
+    logits = R._logits(q, k, R._as_mask(mask), scale, 0.0, 0.0)
+    cells = cand[:, :, None] * seg_len + np.arange(seg_len)
+    lg = np.take_along_axis(logits, cells.reshape(len(q), -1), axis=1).reshape(cells.shape)
+    ex = R._logsumexp(np.where(cells < n_sink, -np.inf, lg), axis=2)
+    if shared:
+        ex = R._share_scores(ex, g)
+    ex = -np.sort(-ex, axis=1)
+    return float((ex[:, top_k - 1] - ex[:, top_k]).min())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("kv_type", [F16, Q8_0])
+def test_rescore_matches_reference(shared, kv_type):
+    """Two-stage selection: the 24 best segments by summary, rescored exactly, the best 6 kept."""
+    d = 64
+    q, k, v, mask, used = make_case(65, d, 4, q_scale=4.0)  # a seed with no near-tie (margin > 0.08)
+    seg_len, scale, top_k, n_rescore = 16, d**-0.5, 6, 24
+    n_seg = used // seg_len
+    kd, vd = dequant(k, kv_type), dequant(v, kv_type)
+    margin = _rescore_margin(q, kd, mask, seg_len, n_seg, top_k, n_rescore, scale, 1, 32, shared)
+    assert margin > 0.05, f"the case has a near-tie at the threshold ({margin:.4f}): pick another seed"
+    kw = dict(seg_len=seg_len, top_k=top_k, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR, scale=scale)
+    out, s = radar_ops(q, k, v, mask, n_seg=n_seg, shared=shared, kv_type=kv_type, n_rescore=n_rescore, **kw)
+    ref = R.radar_attention(
+        q,
+        kd,
+        vd,
+        mask,
+        s.astype(np.float64),
+        n_seg,
+        seg_len,
+        top_k,
+        1,
+        32,
+        R.SCORE_MEANVAR,
+        scale,
+        shared=shared,
+        n_rescore=n_rescore,
+    )[0]
+    tol = 2e-3 if kv_type == F16 else 8e-2  # q8_0: q rounded to q8_0, logits up to ~20 with q_scale 4
+    np.testing.assert_allclose(out, ref, atol=tol)
+    # the second stage changed the selection: a kernel that ignored it would fail the comparison above
+    one, _ = radar_ops(q, k, v, mask, n_seg=n_seg, shared=shared, kv_type=kv_type, **kw)
+    assert np.abs(one - ref).max() > 10 * tol
+
+
+def test_rescore_all_candidates_is_the_oracle():
+    """Rescoring every candidate with no sinks ranks by exact attention mass: the ORACLE score's choice."""
+    d = 64
+    q, k, v, mask, used = make_case(5, d, 4)
+    seg_len, n_seg = 16, used // 16
+    kw = dict(seg_len=seg_len, top_k=5, n_sink=0, n_recent=32, scale=d**-0.5, n_seg=n_seg)
+    two, _ = radar_ops(q, k, v, mask, score=R.SCORE_MEANVAR, n_rescore=n_seg, **kw)
+    oracle, _ = radar_ops(q, k, v, mask, score=R.SCORE_ORACLE, **kw)
+    np.testing.assert_allclose(two, oracle, atol=1e-5)
+    one, _ = radar_ops(q, k, v, mask, score=R.SCORE_MEANVAR, **kw)
+    assert np.abs(one - oracle).max() > 1e-2  # meanvar alone picks otherwise: the comparison can fail

@@ -142,6 +142,8 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
         else:
             fields.append(item)
     cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
+    if cfg.rescore > 1 and name not in ("meanvar", "mean", "minmax", "rf"):
+        raise ValueError(f"method {spec!r}: rescore applies to the summary scores only (twostage: cand=)")
     return Method(spec, name, cfg, tuple(options))
 
 
@@ -227,7 +229,9 @@ def method_order(
     if m.kind == "mass":
         return order, mass_target_count(m, cap, sc, order, geom, k64, valid)
     if m.kind == "twostage":
-        return twostage_order(m, cap, order, geom, k64), None
+        return twostage_order(m.option("cand"), cap, order, geom, k64), None
+    if m.cfg.rescore > 1:  # the library's two-stage selection
+        return twostage_order(m.cfg.rescore, cap, order, geom, k64), None
     return order, None
 
 
@@ -273,13 +277,14 @@ def mass_target_count(
 
 
 def twostage_order(
-    m: Method, cap: AttnCapture, order: np.ndarray, geom: Geometry, k64: np.ndarray
+    cand: float, cap: AttnCapture, order: np.ndarray, geom: Geometry, k64: np.ndarray
 ) -> np.ndarray:
     """Two-stage selection: the summaries' ``cand x top_k`` best candidates are rescored exactly (log of the
     segment's attention mass from its keys, which stage two reads), and ranked first by that; the rest
-    keep the summaries' order. ``[Hq, n_cand]``."""
+    keep the summaries' order. ``[Hq, n_cand]``. Stage two ranks per head (the library's shared mode
+    combines the group's exact scores; see ``reference.rescore_exact``)."""
     L, nc = geom.seg_len, geom.n_cand
-    n_c = min(nc, max(geom.k_sel, int(m.option("cand") * geom.k_sel)))
+    n_c = min(nc, max(geom.k_sel, math.ceil(cand * geom.k_sel)))
     hq = order.shape[0]
     out = order.copy()
     for h in range(hq):

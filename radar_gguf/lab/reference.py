@@ -336,6 +336,29 @@ def _share_scores(sc: np.ndarray, g: int) -> np.ndarray:
     return np.repeat(grouped, g, axis=0)  # [Hq, n_cand]
 
 
+def rescore_exact(
+    cand: np.ndarray, logits: np.ndarray, seg_len: int, n_sink: int, shared: bool, g: int
+) -> np.ndarray:
+    """Stage two of the two-stage selection: order each head's candidates by their exact score.
+
+    ``cand: [Hq, n_c]`` candidate segments per head (the same within a group when ``shared``),
+    ``logits: [Hq, n_kv]``. A candidate's exact score is the log of its attention mass over its cells
+    past the sinks (the sinks are attended anyway); shared selection ranks by the group's summed share,
+    as :func:`_share_scores` does with summary scores. Returns ``[Hq, n_c]``, best first, ties to the lower
+    segment.
+    """
+    cand = np.sort(cand, axis=1)  # [Hq, n_c] ascending: a stable sort then breaks ties by segment
+    L = seg_len
+    cells = cand[:, :, None] * L + np.arange(L)[None, None, :]  # [Hq, n_c, L]
+    lg = np.take_along_axis(logits, cells.reshape(cand.shape[0], -1), axis=1).reshape(cells.shape)
+    lg = np.where(cells < n_sink, -np.inf, lg)
+    ex = _logsumexp(lg, axis=2)  # [Hq, n_c]
+    if shared:
+        ex = _share_scores(ex, g)
+    order = np.argsort(-ex, axis=1, kind="stable")  # [Hq, n_c]
+    return np.take_along_axis(cand, order, axis=1)
+
+
 def radar_attention(
     q: np.ndarray,
     k: np.ndarray,
@@ -354,13 +377,15 @@ def radar_attention(
     softcap: float = 0.0,
     max_bias: float = 0.0,
     sinks: Optional[np.ndarray] = None,
+    n_rescore: int = 0,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Radar decode attention for one token of one stream (steps 1-4 of ``docs/radar-ops.md``).
 
     ``q: [Hq, D]``, ``k: [n_kv, Hkv, D]``, ``v: [n_kv, Hkv, Dv]``; ``valid_or_mask: [n_kv]`` a float KQ
     mask (0 / -inf / ALiBi distances; valid = finite) or a bool validity array; ``summaries:
     [n_seg, Hkv, W]`` as produced by :func:`summarize` (``None``: computed here from ``k`` and the mask);
-    ``sinks: [Hq]`` optional sink logits.
+    ``sinks: [Hq]`` optional sink logits. ``n_rescore > top_k``: two-stage selection, the ``n_rescore`` best
+    candidates by score are rescored exactly (:func:`rescore_exact`) and the ``top_k`` best of those kept.
 
     Returns ``(out [Hq, Dv] float32, selected)`` where ``selected[h]`` is the sorted int array of the
     segment ids kept for query head ``h``: the ``top_k`` chosen candidates plus the forced recent ones.
@@ -397,6 +422,9 @@ def radar_attention(
         if shared:
             sc = _share_scores(sc, g)
         order = np.argsort(-sc, axis=1, kind="stable")  # [Hq, n_cand]
+        n_c = min(n_rescore, n_cand) if n_rescore > top_k else top_k
+        if n_c > top_k:
+            order = rescore_exact(order[:, :n_c], logits, L, n_sink, shared, g)  # [Hq, n_c]
         chosen = [order[h, : max(top_k, 0)] for h in range(hq)]
     selected = [np.sort(np.concatenate([c, recent])).astype(np.int64) for c in chosen]
 

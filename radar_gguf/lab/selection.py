@@ -414,12 +414,20 @@ def kv_bytes_per_step(
     Dense (``cfg`` None or disabled) reads every cell once per KV head. Radar reads, per KV head, the cells
     its query heads attend: ``union_cells_per_kv_head`` when measured, else the bound from the config
     (shared selection: one set; per-head: the ``G`` heads' segments disjoint), plus the summary rows of
-    every summarized segment (``W`` values of ``summary_type``: 2D+1, or 2m+1 for rf).
+    every summarized segment (``W`` values of ``summary_type``: 2D+1, or 2m+1 for rf), plus with
+    ``rescore`` the keys (K only) of the candidates stage two scores exactly: ``ceil(rescore * top_k)``
+    segments per head (per-head: the ``G`` heads' candidates disjoint), counted apart from the attended
+    cells (an upper bound: a kept segment's keys are read twice).
     """
     dv = head_dim_v or head_dim
     row = (head_dim + dv) * kv_bytes  # K+V bytes of one cell, one KV head
     if cfg is None or not cfg.enabled:
-        return {"kv": n_layer * n_head_kv * n_kv * row, "summaries": 0.0, "cells_per_kv_head": float(n_kv)}
+        return {
+            "kv": n_layer * n_head_kv * n_kv * row,
+            "summaries": 0.0,
+            "rescore": 0.0,
+            "cells_per_kv_head": float(n_kv),
+        }
     L = ref.seg_len_for(n_kv, cfg.aspect, cfg.seg_len_min)
     n_seg = n_kv // L
     top_k = budget_top_k(cfg, L)
@@ -436,7 +444,16 @@ def kv_bytes_per_step(
         if cfg.score != "oracle"
         else n_layer * n_head_kv * n_kv * head_dim * kv_bytes
     )
-    return {"kv": n_layer * n_head_kv * cells * row, "summaries": summ, "cells_per_kv_head": float(cells)}
+    n_resc = min(n_cand, math.ceil(cfg.rescore * top_k)) if cfg.rescore > 1 else 0
+    resc = 0.0
+    if n_cand > top_k and n_resc > top_k:
+        resc = n_layer * n_head_kv * min(n_cand, g * n_resc) * L * head_dim * kv_bytes
+    return {
+        "kv": n_layer * n_head_kv * cells * row,
+        "summaries": summ,
+        "rescore": resc,
+        "cells_per_kv_head": float(cells),
+    }
 
 
 def fmt(x: float) -> str:

@@ -59,7 +59,7 @@ def sweep_records(
         meas = kv_bytes_per_step(
             cfg, n_kv=n_kv, union_cells_per_kv_head=union["value"] if union else None, **shape
         )
-        total = meas["kv"] + meas["summaries"]
+        total = meas["kv"] + meas["summaries"] + meas["rescore"]
         rec = {
             "model": r["model"],
             "context": context,
@@ -75,7 +75,8 @@ def sweep_records(
             "bytes_per_step": int(total),
             "bytes_kv": int(meas["kv"]),
             "bytes_summaries": int(meas["summaries"]),
-            "bytes_bound": int(bound["kv"] + bound["summaries"]),
+            "bytes_rescore": int(meas["rescore"]),
+            "bytes_bound": int(bound["kv"] + bound["summaries"] + bound["rescore"]),
             "bytes_measured": union is not None or not cfg.enabled,
             "bytes_vs_dense": round(total / d_bytes["kv"], 4),
             "cells_per_kv_head": round(meas["cells_per_kv_head"], 1),

@@ -284,6 +284,7 @@ void ggml_compute_forward_radar_attn(
     const float   scale    = ggml_get_op_params_f32(dst, 6);
     const float   max_bias = ggml_get_op_params_f32(dst, 7);
     const float   softcap  = ggml_get_op_params_f32(dst, 8);
+    const int64_t n_rescore = ggml_get_op_params_i32(dst, 9);
 
     GGML_TENSOR_LOCALS(int64_t, neq, q,   ne)
     GGML_TENSOR_LOCALS(size_t,  nbq, q,   nb)
@@ -366,6 +367,31 @@ void ggml_compute_forward_radar_attn(
         return max_bias > 0.0f ? (h < (int64_t) n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1)) : 1.0f;
     };
 
+    // log of the exact attention mass of cells [c0, c1) for the query in Q_q; -INF when all are masked
+    auto cells_lse = [&](const char * mp, float slope, int64_t c0, int64_t c1, int64_t hk, int64_t st) -> float {
+        float mx  = -INFINITY;
+        float sum = 0.0f;
+        for (int64_t c = c0; c < c1; ++c) {
+            const float l = logit(mp, slope, c, hk, st);
+            if (l == -INFINITY) {
+                continue;
+            }
+            if (l > mx) {
+                sum = sum*expf(mx - l) + 1.0f;
+                mx  = l;
+            } else {
+                sum += expf(l - mx);
+            }
+        }
+        return sum > 0.0f ? mx + logf(sum) : -INFINITY;
+    };
+
+    // log-add b into a (either may be -INF)
+    auto log_add = [](float a, float b) -> float {
+        const float hi = MAX(a, b);
+        return hi == -INFINITY ? -INFINITY : hi + log1pf(expf(MIN(a, b) - hi));
+    };
+
     // summary row of segment sg of kv head hk as f32 (f16 rows are widened into srow)
     auto summary_row = [&](int64_t hk, int64_t sg, int64_t st) -> const float * {
         const char * sp = (const char *) s->data + hk*nbs1 + sg*nbs2 + st*nbs3;
@@ -388,21 +414,7 @@ void ggml_compute_forward_radar_attn(
             q_to_vec_dot(qf, Q_q, DK);
             const float slope = slope_of(h);
             for (int64_t sg = 0; sg < n_cand; ++sg) {
-                float mx = -INFINITY;
-                float sum = 0.0f;
-                for (int64_t c = sg*L; c < (sg + 1)*L; ++c) {
-                    const float l = logit(mp, slope, c, hk, st);
-                    if (l == -INFINITY) {
-                        continue;
-                    }
-                    if (l > mx) {
-                        sum = sum*expf(mx - l) + 1.0f;
-                        mx  = l;
-                    } else {
-                        sum += expf(l - mx);
-                    }
-                }
-                out[sg] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+                out[sg] = cells_lse(mp, slope, sg*L, (sg + 1)*L, hk, st);
             }
             return;
         }
@@ -505,10 +517,7 @@ void ggml_compute_forward_radar_attn(
                     }
                     const float lse = mx + logf(sum);
                     for (int64_t sg = 0; sg < n_cand; ++sg) {
-                        const float a = sc[sg] - lse;
-                        const float b = shs[sg];
-                        const float hi = MAX(a, b);
-                        shs[sg] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(MIN(a, b) - hi));
+                        shs[sg] = log_add(shs[sg], sc[sg] - lse);
                     }
                 }
             } else {
@@ -518,10 +527,43 @@ void ggml_compute_forward_radar_attn(
                 idx[sg] = (int32_t) sg;
                 keep[sg] = 0;
             }
-            // top-k by score, ties to the lower segment index (a strict total order)
-            std::nth_element(idx, idx + top_k, idx + n_cand, [&](int32_t a, int32_t b) {
+            // best by score, ties to the lower segment index (a strict total order)
+            auto better = [&](int32_t a, int32_t b) {
                 return shs[a] > shs[b] || (shs[a] == shs[b] && a < b);
-            });
+            };
+            // two stages: the n_c best by summary score are rescored exactly, then the top_k of them are kept
+            const int64_t n_c = n_rescore > top_k ? MIN(n_rescore, n_cand) : top_k;
+            std::nth_element(idx, idx + n_c, idx + n_cand, better);
+            if (n_c > top_k) {
+                // exact log mass of each candidate's non-sink cells (the sinks are attended anyway);
+                // shared: the group's summed share, logsumexp_h (exact_h - logsumexp over the candidates)
+                const int64_t h0 = shared ? hk*G : h;
+                const int64_t h1 = shared ? h0 + G : h + 1;
+                for (int64_t i = 0; i < n_c; ++i) {
+                    shs[idx[i]] = -INFINITY;
+                }
+                for (int64_t hh = h0; hh < h1; ++hh) {
+                    q_to_vec_dot((const float *) ((const char *) q->data + hh*nbq2 + st*nbq3), Q_q, DK);
+                    const float slope = slope_of(hh);
+                    float * ex = scores; // [n_c] this head's exact scores
+                    float   lse = -INFINITY;
+                    for (int64_t i = 0; i < n_c; ++i) {
+                        const int64_t sg = idx[i];
+                        ex[i] = cells_lse(mp, slope, MAX(sg*L, n_sink), (sg + 1)*L, hk, st);
+                        lse   = log_add(lse, ex[i]);
+                    }
+                    if (!shared) {
+                        for (int64_t i = 0; i < n_c; ++i) {
+                            shs[idx[i]] = ex[i];
+                        }
+                    } else if (lse != -INFINITY) {
+                        for (int64_t i = 0; i < n_c; ++i) {
+                            shs[idx[i]] = log_add(shs[idx[i]], ex[i] - lse);
+                        }
+                    }
+                }
+                std::nth_element(idx, idx + top_k, idx + n_c, better);
+            }
             for (int64_t i = 0; i < top_k; ++i) {
                 keep[idx[i]] = 1;
             }

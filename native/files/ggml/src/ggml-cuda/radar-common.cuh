@@ -46,6 +46,8 @@ struct radar_attn_params {
     float  * scores;         // [n_seg_cap, n_hq, ns] segment scores per query head
     float  * comb;           // [n_seg_cap, n_hkv, ns] group scores (shared selection)
     int    * sel;            // [1 + n_seg_cap, n_sel_items, ns] number of kept segments, then their ids
+    int    * cand;           // [1 + n_rescore, n_sel_items, ns] rescore: number of candidates of stage 1, then their ids
+    float  * exact;          // [n_rescore, n_hq, ns] rescore: exact score of each candidate of stage 1 per query head
     float  * dst_parts;      // [D, n_split, n_hq, ns] unnormalized VKQ of each block
     float2 * dst_meta;       // [n_split, n_hq, ns] (max, sum) of each block
     char   * dst;            // [D, n_hq, 1, ns] f32
@@ -61,11 +63,12 @@ struct radar_attn_params {
 
     int n_kv, n_hq, n_hkv, gqa, n_seg_cap, W, m;
     int L, top_k, n_sink, n_recent;
+    int n_rescore;           // two-stage selection: candidates of stage 1, min(op param 9, segments); 0: one stage
     int score;
     bool shared, mask_f16;
     bool s_f16;              // summaries stored as half
     bool select_smem;        // radar_select keeps its keys in dynamic shared memory
-    bool select_in_attn;     // radar_attn_kernel picks the top-k itself (per-head selection, small top_k): no radar_select
+    bool select_in_attn;     // radar_attn_kernel picks the top-k itself (per-head selection, small top_k, no rescore): no radar_select
     unsigned int * counters; // [n_hq, ns] blocks of a head done, for the combine in radar_attn_kernel; or NULL
                              // (then radar_attn_combine runs). Zeroed by radar_score_summary_gqa, which runs before.
     float scale, kq_scale, softcap, max_bias, m0, m1;
@@ -459,7 +462,8 @@ static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand,
 // radar-summarize.cu: the summaries of the listed segments, grid (n_upd, n_hkv, ns)
 void radar_summarize_launch(ggml_type type_K, const radar_summarize_params & p, dim3 grid, cudaStream_t stream);
 
-// radar-select.cu: steps 1-3 of GGML_OP_RADAR_ATTN, only when a stream can have more than top_k candidates
+// radar-select.cu: steps 1-3 of GGML_OP_RADAR_ATTN, only when a stream can have more than top_k candidates;
+// with p.n_rescore the two-stage selection (select n_rescore, rescore them exactly, select top_k)
 void radar_score_select_launch(int D, ggml_type type_K, const radar_attn_params & p, bool score_gqa, int ns, cudaStream_t stream);
 
 // radar-attn.cu: steps 4-5 of GGML_OP_RADAR_ATTN, n_split blocks per head

@@ -9,6 +9,12 @@
 //                               to the lower segment index; writes the kept segments (candidates, then the
 //                               recent ones) as an ascending list. With per-head selection and a small top_k
 //                               this step runs inside radar_attn_kernel instead (radar-attn.cu)
+//      with p.n_rescore (two-stage selection), instead:
+//      radar_select:            the n_rescore best candidates by score, as above, into p.cand
+//      radar_rescore:           exact score of each of them per query head: log-sum-exp of the logits of
+//                               its valid cells past the sinks
+//      radar_select:            top-k of those by exact score (shared: by the group's summed attention
+//                               share over its candidates), then the recent segments, into p.sel
 #include "radar-common.cuh"
 
 #ifdef RADAR_CUDA_AVAILABLE
@@ -168,21 +174,70 @@ static __global__ void radar_score_summary_gqa(const radar_attn_params p) {
     }
 }
 
+// log-sum-exp of the exact logits of the valid cells in [c_beg, c_end) of K for the query q_sh, by the whole
+// warp (the result in every lane); -inf when no cell is valid
+template <int D, ggml_type type_K>
+static __device__ __forceinline__ float radar_cells_lse(const radar_attn_params & p, const char * q_sh,
+        const char * K, const char * mrow, const float slope, const int c_beg, const int c_end) {
+    constexpr int TK = radar_k_lanes<type_K, D>();
+    constexpr int CW = WARP_SIZE/TK; // cells per warp step
+
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int il   = lane % TK;
+    const int ic   = lane / TK;
+
+    float mx  = -INFINITY;
+    float sum = 0.0f;
+    for (int c = c_beg + ic; c - ic < c_end; c += CW) { // c - ic: the same in all lanes, the warp steps together
+        float mv = -INFINITY;
+        if (c < c_end) {
+            mv = radar_mask_value(mrow, c, p.mask_f16);
+        }
+        const bool valid = mv != -INFINITY;
+
+        radar_k_row<type_K, D, TK> kr;
+        kr.load(K + (int64_t) (valid ? c : 0)*p.nbk1, il, valid);
+        float x = kr.dot(q_sh, il);
+
+        if (valid) {
+            x *= p.kq_scale;
+            if (p.softcap != 0.0f) {
+                x = p.softcap*tanhf(x);
+            }
+            const float l = x + slope*mv;
+            if (l > mx) {
+                sum = sum*expf(mx - l) + 1.0f;
+                mx  = l;
+            } else {
+                sum += expf(l - mx);
+            }
+        }
+    }
+    // merge the cell groups of the warp
+#pragma unroll
+    for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
+        const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
+        const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
+        const float mn   = fmaxf(mx, mx2);
+        if (mn != -INFINITY) {
+            sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
+            mx  = mn;
+        }
+    }
+    return sum > 0.0f ? mx + logf(sum) : -INFINITY;
+}
+
 // ORACLE: log-sum-exp of the exact logits of the segment's valid cells; one warp per segment
 template <int D, ggml_type type_K>
 __launch_bounds__(RADAR_SCORE_NTHREADS)
 static __global__ void radar_score_oracle(const radar_attn_params p) {
     constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
-    constexpr int TK     = radar_k_lanes<type_K, D>();
-    constexpr int CW     = WARP_SIZE/TK; // cells per warp step
 
     const int h    = blockIdx.y;
     const int st   = blockIdx.z;
     const int hk   = h/p.gqa;
     const int lane = threadIdx.x % WARP_SIZE;
     const int warp = threadIdx.x / WARP_SIZE;
-    const int il   = lane % TK;
-    const int ic   = lane / TK;
 
     const radar_counts cnt = radar_get_counts(p, st);
     const int sg0 = blockIdx.x*RADAR_ORACLE_SEGS;
@@ -201,48 +256,51 @@ static __global__ void radar_score_oracle(const radar_attn_params p) {
     float      * out   = p.scores + ((int64_t) st*p.n_hq + h)*p.n_seg_cap;
 
     for (int sg = sg0 + warp; sg < sg1; sg += nwarps) {
-        const int c_end = (sg + 1)*p.L;
-        float mx  = -INFINITY;
-        float sum = 0.0f;
-        for (int c0 = sg*p.L; c0 < c_end; c0 += CW) {
-            const int c = c0 + ic;
-            float mv = -INFINITY;
-            if (c < c_end) {
-                mv = radar_mask_value(mrow, c, p.mask_f16);
-            }
-            const bool valid = mv != -INFINITY;
-
-            radar_k_row<type_K, D, TK> kr;
-            kr.load(K + (int64_t) (valid ? c : 0)*p.nbk1, il, valid);
-            float x = kr.dot(q_sh, il);
-
-            if (valid) {
-                x *= p.kq_scale;
-                if (p.softcap != 0.0f) {
-                    x = p.softcap*tanhf(x);
-                }
-                const float l = x + slope*mv;
-                if (l > mx) {
-                    sum = sum*expf(mx - l) + 1.0f;
-                    mx  = l;
-                } else {
-                    sum += expf(l - mx);
-                }
-            }
-        }
-        // merge the cell groups of the warp
-#pragma unroll
-        for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
-            const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
-            const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
-            const float mn   = fmaxf(mx, mx2);
-            if (mn != -INFINITY) {
-                sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
-                mx  = mn;
-            }
-        }
+        const float r = radar_cells_lse<D, type_K>(p, q_sh, K, mrow, slope, sg*p.L, (sg + 1)*p.L);
         if (lane == 0) {
-            out[sg] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+            out[sg] = r;
+        }
+    }
+}
+
+// rescore, stage 2 of the two-stage selection: the exact score of each candidate of stage 1 (p.cand, of the
+// head or of its KV group), as ORACLE's but without the sink cells (attended anyway); one warp per
+// candidate, into p.exact in the order of p.cand
+template <int D, ggml_type type_K>
+__launch_bounds__(RADAR_SCORE_NTHREADS)
+static __global__ void radar_rescore(const radar_attn_params p) {
+    constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+
+    const int h    = blockIdx.y;
+    const int st   = blockIdx.z;
+    const int hk   = h/p.gqa;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    const int n_c = min(p.n_rescore, cnt.n_cand); // candidates of stage 1
+    const int i0  = blockIdx.x*RADAR_ORACLE_SEGS;
+    const int i1  = min(i0 + RADAR_ORACLE_SEGS, n_c);
+    if (cnt.n_cand <= p.top_k || i0 >= i1) {
+        return;
+    }
+
+    __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
+    radar_load_q<type_K, D>((const float *) (p.q + h*p.nbq2 + st*p.nbq3), q_sh);
+    __syncthreads();
+
+    const int    item  = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
+    const int  * cand  = p.cand + (int64_t) item*(p.n_rescore + 1) + 1;
+    const float  slope = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
+    const char * K     = p.k    + hk*p.nbk2 + st*p.nbk3;
+    const char * mrow  = p.mask + st*p.nbm3;
+    float      * out   = p.exact + ((int64_t) st*p.n_hq + h)*p.n_rescore;
+
+    for (int i = i0 + warp; i < i1; i += nwarps) {
+        const int   sg = cand[i];
+        const float r  = radar_cells_lse<D, type_K>(p, q_sh, K, mrow, slope, max(sg*p.L, p.n_sink), (sg + 1)*p.L);
+        if (lane == 0) {
+            out[i] = r;
         }
     }
 }
@@ -304,10 +362,16 @@ static __device__ __forceinline__ int radar_block_scan(const int x, int * red, i
     return before + incl - x;
 }
 
-// top-k of the candidates by (score desc, segment asc), as the CPU's nth_element; one block per selection.
+// top-k of the inputs by (score desc, input asc), as the CPU's nth_element; one block per selection. The
+// inputs are the candidate segments [0, n_cand), or with cand (stage 2 of the rescore) the first
+// min(n_rescore, n_cand) segments of each list of cand, ascending: ties still go to the lower segment.
+//   scores: [ld_scores, n_hq, ns] score of each input per query head
+//   out:    [ld_out, n_sel_items, ns] number of kept segments, then their ids ascending; with recent, then
+//           the recent segments too
 // The keys live in dynamic shared memory when n_seg_cap of them fit (p.select_smem), else in place of the scores.
 __launch_bounds__(RADAR_SELECT_NTHREADS)
-static __global__ void radar_select(const radar_attn_params p) {
+static __global__ void radar_select(const radar_attn_params p, float * scores, const int ld_scores,
+        const int * cand, int * out_base, const int ld_out, const int top_k, const bool recent) {
     constexpr int nthreads = RADAR_SELECT_NTHREADS;
     constexpr int nwarps   = nthreads/WARP_SIZE;
 
@@ -325,33 +389,38 @@ static __global__ void radar_select(const radar_attn_params p) {
     __shared__ int   kk_sh;
 
     const int n_items = p.shared ? p.n_hkv : p.n_hq;
-    int * out = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
+    int * out = out_base + ((int64_t) st*n_items + item)*ld_out;
 
     const radar_counts cnt = radar_get_counts(p, st);
     const int n_cand = cnt.n_cand;
-    const int top_k  = p.top_k;
+    const int n_in   = cand ? min(p.n_rescore, n_cand) : n_cand;
 
-    if (n_cand <= top_k) {
-        for (int i = tid; i < cnt.n_seg; i += nthreads) {
+    if (n_in <= top_k) {
+        // every candidate kept (with cand: n_cand <= top_k < n_rescore, the inputs are [0, n_cand) too)
+        const int n_out = recent ? cnt.n_seg : n_cand;
+        for (int i = tid; i < n_out; i += nthreads) {
             out[1 + i] = i;
         }
         if (tid == 0) {
-            out[0] = cnt.n_seg;
+            out[0] = n_out;
         }
         return;
+    }
+    if (cand) {
+        cand += ((int64_t) st*n_items + item)*(p.n_rescore + 1) + 1;
     }
 
     float * sc;
     if (p.shared) {
         // summed attention share of the group: logsumexp_h (score_h - lse_h)
         sc = p.comb + ((int64_t) st*p.n_hkv + item)*p.n_seg_cap;
-        for (int i = tid; i < n_cand; i += nthreads) {
+        for (int i = tid; i < n_in; i += nthreads) {
             sc[i] = -INFINITY;
         }
         for (int g = 0; g < p.gqa; ++g) {
-            const float * sh = p.scores + ((int64_t) st*p.n_hq + item*p.gqa + g)*p.n_seg_cap;
+            const float * sh = scores + ((int64_t) st*p.n_hq + item*p.gqa + g)*ld_scores;
             float mx = -INFINITY;
-            for (int i = tid; i < n_cand; i += nthreads) {
+            for (int i = tid; i < n_in; i += nthreads) {
                 mx = fmaxf(mx, sh[i]);
             }
             mx = radar_block_max(mx, red_f);
@@ -359,11 +428,11 @@ static __global__ void radar_select(const radar_attn_params p) {
                 continue;
             }
             float sum = 0.0f;
-            for (int i = tid; i < n_cand; i += nthreads) {
+            for (int i = tid; i < n_in; i += nthreads) {
                 sum += expf(sh[i] - mx);
             }
             const float lse = mx + logf(radar_block_sum(sum, red_f));
-            for (int i = tid; i < n_cand; i += nthreads) {
+            for (int i = tid; i < n_in; i += nthreads) {
                 const float a  = sh[i] - lse;
                 const float b  = sc[i];
                 const float hi = fmaxf(a, b);
@@ -371,18 +440,18 @@ static __global__ void radar_select(const radar_attn_params p) {
             }
         }
     } else {
-        sc = p.scores + ((int64_t) st*p.n_hq + item)*p.n_seg_cap;
+        sc = scores + ((int64_t) st*p.n_hq + item)*ld_scores;
     }
 
     // each thread converts the scores it wrote (shared) or nobody else reads (own head): in place is safe
     uint32_t * keys = p.select_smem ? keys_sh : (uint32_t *) sc;
-    for (int i = tid; i < n_cand; i += nthreads) {
+    for (int i = tid; i < n_in; i += nthreads) {
         keys[i] = radar_key(sc[i]);
     }
     __syncthreads();
 
     if (top_k > 0 && top_k <= RADAR_SELECT_SMALL_K) {
-        radar_top_k_hist<nthreads>(keys, n_cand, top_k, out + 1);
+        radar_top_k_hist<nthreads>(keys, n_in, top_k, out + 1);
     } else if (top_k > 0) {
         // radix select, 8 bits per pass from the top: the key T of the top_k-th best candidate and
         // kk, the number of candidates with key T to keep (those with the lowest indices)
@@ -394,7 +463,7 @@ static __global__ void radar_select(const radar_attn_params p) {
                 hist[b] = 0;
             }
             __syncthreads();
-            for (int i = tid; i < n_cand; i += nthreads) {
+            for (int i = tid; i < n_in; i += nthreads) {
                 const uint32_t u = keys[i];
                 if ((u & pmask) == prefix) {
                     atomicAdd(&hist[(u >> shift) & 0xFF], 1);
@@ -438,9 +507,9 @@ static __global__ void radar_select(const radar_attn_params p) {
 
         // kept: key > T, and the first kk with key == T; written in ascending segment order,
         // each thread taking a contiguous range of candidates
-        const int per   = (n_cand + nthreads - 1)/nthreads;
-        const int i_beg = min(tid*per, n_cand);
-        const int i_end = min(i_beg + per, n_cand);
+        const int per   = (n_in + nthreads - 1)/nthreads;
+        const int i_beg = min(tid*per, n_in);
+        const int i_end = min(i_beg + per, n_in);
 
         int n_eq = 0;
         for (int i = i_beg; i < i_end; ++i) {
@@ -466,12 +535,32 @@ static __global__ void radar_select(const radar_attn_params p) {
         }
     }
 
+    // the segments of the kept inputs: the lists are ascending, so is the map
+    if (cand) {
+        __syncthreads();
+        for (int i = tid; i < top_k; i += nthreads) {
+            out[1 + i] = cand[out[1 + i]];
+        }
+    }
+
     // the recent segments
-    for (int i = tid; i < cnt.n_seg - n_cand; i += nthreads) {
+    const int n_recent_seg = recent ? cnt.n_seg - n_cand : 0;
+    for (int i = tid; i < n_recent_seg; i += nthreads) {
         out[1 + top_k + i] = n_cand + i;
     }
     if (tid == 0) {
-        out[0] = top_k + (cnt.n_seg - n_cand);
+        out[0] = top_k + n_recent_seg;
+    }
+}
+
+template <int D>
+static void radar_rescore_launch_D(const ggml_type type_K, const radar_attn_params & p, const int ns, cudaStream_t stream) {
+    const dim3 grid((p.n_rescore + RADAR_ORACLE_SEGS - 1)/RADAR_ORACLE_SEGS, p.n_hq, ns);
+    switch (type_K) {
+        case GGML_TYPE_F32:  radar_rescore<D, GGML_TYPE_F32> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F16:  radar_rescore<D, GGML_TYPE_F16> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_Q8_0: radar_rescore<D, GGML_TYPE_Q8_0><<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+        default: GGML_ABORT("fatal error");
     }
 }
 
@@ -515,10 +604,24 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const radar_
         case 256: radar_score_launch_D<256>(type_K, p, score_gqa, ns, stream); break;
         default: GGML_ABORT("fatal error");
     }
-    if (!p.select_in_attn) {
-        const int    n_items = p.shared ? p.n_hkv : p.n_hq;
-        const size_t smem    = p.select_smem ? p.n_seg_cap*sizeof(uint32_t) : 0;
-        radar_select<<<dim3(n_items, ns), RADAR_SELECT_NTHREADS, smem, stream>>>(p);
+    const int    n_items = p.shared ? p.n_hkv : p.n_hq;
+    const size_t smem    = p.select_smem ? p.n_seg_cap*sizeof(uint32_t) : 0;
+    const dim3   grid(n_items, ns);
+    if (p.n_rescore > 0) {
+        // two stages: the n_rescore best by score, their exact scores, the top_k best of them by those
+        radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
+            p, p.scores, p.n_seg_cap, nullptr, p.cand, p.n_rescore + 1, p.n_rescore, false);
+        switch (D) {
+            case  64: radar_rescore_launch_D< 64>(type_K, p, ns, stream); break;
+            case 128: radar_rescore_launch_D<128>(type_K, p, ns, stream); break;
+            case 256: radar_rescore_launch_D<256>(type_K, p, ns, stream); break;
+            default: GGML_ABORT("fatal error");
+        }
+        radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
+            p, p.exact, p.n_rescore, p.cand, p.sel, p.n_seg_cap + 1, p.top_k, true);
+    } else if (!p.select_in_attn) {
+        radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
+            p, p.scores, p.n_seg_cap, nullptr, p.sel, p.n_seg_cap + 1, p.top_k, true);
     }
 }
 

@@ -3,7 +3,7 @@
 // ggml-cpu/radar.cpp (ggml_compute_forward_radar_summarize / _attn), see also docs/radar-ops.md in radar_gguf.
 //
 //   radar-summarize.cu: GGML_OP_RADAR_SUMMARIZE, one block per (listed segment, KV head, stream)
-//   radar-select.cu:    GGML_OP_RADAR_ATTN steps 1-3, segment scores and the top-k selection
+//   radar-select.cu:    GGML_OP_RADAR_ATTN steps 1-3, segment scores and the top-k selection (one or two stages)
 //   radar-attn.cu:      GGML_OP_RADAR_ATTN steps 4-5, attention over the kept cells and the merge of the split
 //   radar-common.cuh:   parameters and device code they share
 //
@@ -206,10 +206,16 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     const int64_t n_seg_max   = std::min(n_kv/p.L, (int64_t) p.n_seg_cap);
     const bool    need_select = n_seg_max > p.top_k;
 
+    // two-stage selection: the n_rescore best candidates by score, then the top_k of them by exact score
+    const int n_rescore = ggml_get_op_params_i32(dst, 9);
+    p.n_rescore = need_select && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
+
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
     ggml_cuda_pool & pool = ctx.pool();
     ggml_cuda_pool_alloc<float>  scores_alloc(pool);
     ggml_cuda_pool_alloc<int>    sel_alloc(pool);
+    ggml_cuda_pool_alloc<int>    cand_alloc(pool);
+    ggml_cuda_pool_alloc<float>  exact_alloc(pool);
     ggml_cuda_pool_alloc<float>  comb_alloc(pool);
     ggml_cuda_pool_alloc<float>  lq_alloc(pool);
     ggml_cuda_pool_alloc<float>  parts_alloc(pool);
@@ -219,12 +225,16 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     if (need_select) {
         const int64_t n_recent_seg = ((int64_t) p.n_recent + p.L - 1)/p.L;
         p.select_smem    = p.n_seg_cap*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX;
-        p.select_in_attn = !p.shared && p.select_smem &&
+        p.select_in_attn = !p.shared && p.select_smem && p.n_rescore == 0 &&
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
         if (!p.select_in_attn) {
             p.sel = sel_alloc.alloc(ns*n_items*(p.n_seg_cap + 1));
+        }
+        if (p.n_rescore > 0) {
+            p.cand  = cand_alloc.alloc(ns*n_items*(p.n_rescore + 1));
+            p.exact = exact_alloc.alloc(ns*n_hq*p.n_rescore);
         }
         if (p.shared) {
             p.comb = comb_alloc.alloc(ns*n_hkv*p.n_seg_cap);

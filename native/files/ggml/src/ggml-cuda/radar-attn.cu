@@ -1,7 +1,8 @@
 // Radar sparse decode attention, steps 4-5 of GGML_OP_RADAR_ATTN (one decode query per stream):
 //   radar_attn_kernel:  flash-decoding over sinks + kept segments + tail, each block of a head taking every
 //                       gridDim.x-th tile of those cells; partial (max, sum, VKQ) per block. With per-head
-//                       selection and a small top_k the block picks the top-k itself (no radar_select). The
+//                       selection and a small top_k the block picks the top-k itself (no radar_select; with
+//                       two stages, from the exact scores of the rescored candidates). The
 //                       last block of a head to finish merges the parts (after radar_score_summary_gqa)
 //   radar_attn_combine: otherwise merges the blocks of a head and adds the sink to the denominator
 #include "radar-common.cuh"
@@ -161,7 +162,7 @@ static __global__ void radar_attn_kernel(const radar_attn_params p) {
     __shared__ float kq_sh[tile];
     __shared__ float vkq_sh[RV][D];
 
-    extern __shared__ uint32_t keys_sh[]; // [n_seg_cap] with p.select_in_attn
+    extern __shared__ uint32_t keys_sh[]; // with p.select_in_attn: [n_seg_cap], with two stages [n_rescore]
     __shared__ int sel_sh[RADAR_ATTN_SEL_MAX];
 
     const radar_counts cnt = radar_get_counts(p, st);
@@ -198,14 +199,39 @@ static __global__ void radar_attn_kernel(const radar_attn_params p) {
 
     if (pick) {
         // every block of the head picks the same top-k from the scores: redundant but cheap (a few KB from L2),
-        // and it saves the dependent launch of radar_select between the score kernel and this one
-        const float * sc = p.scores + ((int64_t) st*p.n_hq + h)*p.n_seg_cap;
-        for (int i = tid; i < cnt.n_cand; i += nthreads) {
-            keys_sh[i] = radar_key(sc[i]);
+        // and it saves the dependent launch of radar_select between the score kernel and this one. With two
+        // stages the inputs are the rescored candidates of stage 1 (p.exact in the order of p.cand, whose
+        // lists are ascending: ties still go to the lower segment), mapped to their segments after.
+        const int     item = st*p.n_hq + h;
+        const bool    two  = p.n_rescore > 0;
+        const int     n_in = two ? min(p.n_rescore, cnt.n_cand) : cnt.n_cand; // > top_k
+        const float * sc   = two ? p.exact + (int64_t) item*p.n_rescore : p.scores + (int64_t) item*p.n_seg_cap;
+        constexpr int nb = 4; // loads in flight per thread
+        for (int i0 = 0; i0 < n_in; i0 += nb*nthreads) {
+            float x[nb];
+#pragma unroll
+            for (int j = 0; j < nb; ++j) {
+                const int i = i0 + j*nthreads + tid;
+                x[j] = i < n_in ? sc[i] : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < nb; ++j) {
+                const int i = i0 + j*nthreads + tid;
+                if (i < n_in) {
+                    keys_sh[i] = radar_key(x[j]);
+                }
+            }
         }
         __syncthreads();
         if (p.top_k > 0) {
-            radar_top_k_hist<nthreads>(keys_sh, cnt.n_cand, p.top_k, sel_sh);
+            radar_top_k_hist<nthreads>(keys_sh, n_in, p.top_k, sel_sh);
+        }
+        if (two) {
+            __syncthreads();
+            const int * cand = p.cand + (int64_t) item*(p.n_rescore + 1) + 1;
+            for (int i = tid; i < p.top_k; i += nthreads) {
+                sel_sh[i] = cand[sel_sh[i]];
+            }
         }
         for (int i = tid; i < cnt.n_seg - cnt.n_cand; i += nthreads) {
             sel_sh[p.top_k + i] = cnt.n_cand + i; // the recent segments
@@ -440,7 +466,7 @@ static __global__ void radar_attn_combine(
 
 template <int D, ggml_type type_K, ggml_type type_V>
 static void radar_attn_launch_KV(const radar_attn_params & p, const dim3 grid, cudaStream_t stream) {
-    const size_t smem = p.select_in_attn ? p.n_seg_cap*sizeof(uint32_t) : 0;
+    const size_t smem = p.select_in_attn ? (p.n_rescore > 0 ? p.n_rescore : p.n_seg_cap)*sizeof(uint32_t) : 0;
     radar_attn_kernel<D, type_K, type_V><<<grid, RADAR_ATTN_NTHREADS, smem, stream>>>(p);
 }
 

@@ -22,11 +22,13 @@
 #define RADAR_SCORE_NTHREADS       128
 #define RADAR_SCORE_SEGS             8 // segments per block of radar_score_rf (2 per warp: short dependency chains)
 #define RADAR_ORACLE_SEGS            8 // segments per block of radar_score_oracle
+#define RADAR_RESCORE_NTHREADS     128 // threads of radar_rescore, one block per candidate and query head
 #define RADAR_SELECT_NTHREADS      256
 #define RADAR_SELECT_SMEM_MAX    32768 // bytes of dynamic shared memory for the keys of radar_select
-#define RADAR_SELECT_SMALL_K        32 // top-k up to this: the histogram select instead of the radix select
-#define RADAR_SELECT_BINS_LOG2      10 // bins of the histogram select: 10 bits of the key per pass
+#define RADAR_SELECT_SMALL_K        32 // top-k up to this: radar_top_k_hist, which radar_attn_kernel runs itself
+#define RADAR_SELECT_BINS_LOG2      10 // bins of radar_top_k_threshold: 10 bits of the key per pass
 #define RADAR_ATTN_SEL_MAX          64 // kept segments (top-k + recent) up to this: radar_attn_kernel selects itself
+                                       // (with two stages: the top-k of the rescored candidates)
 #define RADAR_SUM_NTHREADS         256
 #define RADAR_RF_TILE                8 // keys per tile of radar_summarize_rf
 
@@ -68,7 +70,8 @@ struct radar_attn_params {
     bool shared, mask_f16;
     bool s_f16;              // summaries stored as half
     bool select_smem;        // radar_select keeps its keys in dynamic shared memory
-    bool select_in_attn;     // radar_attn_kernel picks the top-k itself (per-head selection, small top_k, no rescore): no radar_select
+    bool select_in_attn;     // radar_attn_kernel picks the top-k itself (per-head selection, small top_k): from the
+                             // scores (one stage, no radar_select), or from p.exact (two stages, no second radar_select)
     unsigned int * counters; // [n_hq, ns] blocks of a head done, for the combine in radar_attn_kernel; or NULL
                              // (then radar_attn_combine runs). Zeroed by radar_score_summary_gqa, which runs before.
     float scale, kq_scale, softcap, max_bias, m0, m1;
@@ -300,16 +303,23 @@ static __device__ __forceinline__ uint32_t radar_key(float x) {
 }
 
 
-// top_k <= RADAR_SELECT_SMALL_K of keys[0, n_cand) by (key desc, index asc), as the CPU's nth_element, in a
-// number of passes that does not grow with top_k (the usual 1024-token budget is 4-16 segments). Each pass
-// is a histogram of the keys in [lo, hi], bins of 2^s keys: the bin that holds the top_k-th best ends the
-// search when all of its candidates are kept (the usual case: the top of the scores is sparse) or when it is
-// one key wide (then the lowest indices win among equal keys); else the next pass bins that bin. At most 4
-// passes for 32-bit keys, mostly 1 or 2 from the range of the keys. Called by every thread of the block
-// after the keys are visible; warp 0 writes out[0, top_k) in ascending index order, the caller syncs
-// before reading it.
+// the threshold of the top_k best of keys[0, n_cand) by (key desc, index asc), as the CPU's nth_element:
+// kept are the keys > lo, and of the keys == lo the kk with the lowest indices (all of them with all_eq)
+struct radar_top_k_thr {
+    uint32_t lo;
+    int      kk;
+    bool     all_eq;
+};
+
+// radar_top_k_thr of 0 < top_k < n_cand, in a number of passes that grows neither with top_k nor with
+// n_cand. Each pass is a histogram of the keys in [lo, hi], bins of 2^s keys: the bin that holds the
+// top_k-th best ends the search when all of its candidates are kept (the usual case: the top of the scores
+// is sparse) or when it is one key wide (then the lowest indices win among equal keys); else the next pass
+// bins that bin. At most 4 passes for 32-bit keys, mostly 1 or 2 from the range of the keys, and the bins
+// are narrow enough that the atomics of a pass rarely collide. Called by every thread of the block after
+// the keys are visible; the result is the same in all threads.
 template <int nthreads>
-static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand, const int top_k, int * out) {
+static __device__ __forceinline__ radar_top_k_thr radar_top_k_threshold(const uint32_t * keys, const int n_cand, const int top_k) {
     constexpr int nwarps = nthreads/WARP_SIZE;
     constexpr int nbins  = 1 << RADAR_SELECT_BINS_LOG2;
     constexpr int bpl    = nbins/WARP_SIZE; // bins of each lane of warp 0 in the scan
@@ -325,8 +335,6 @@ static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand,
     __shared__ uint32_t lo_sh;
     __shared__ int      kk_sh;
     __shared__ int      done_sh;
-    __shared__ int      n_sel_sh;
-    __shared__ int      sel[RADAR_SELECT_SMALL_K];
 
     // the range of the keys: the first pass bins [min, max] only
     uint32_t kmin = 0xFFFFFFFFu;
@@ -343,9 +351,6 @@ static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand,
     if (lane == 0) {
         red_min[warp] = kmin;
         red_max[warp] = kmax;
-    }
-    if (tid == 0) {
-        n_sel_sh = 0;
     }
     __syncthreads();
     kmin = red_min[0];
@@ -416,8 +421,31 @@ static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand,
         }
         s = max(s - RADAR_SELECT_BINS_LOG2, 0);
     }
+    return { lo, kk, all_eq };
+}
 
-    // kept: key > lo, and key == lo for all (all_eq) or the kk lowest indices of them (warp 0 below)
+// top_k <= RADAR_SELECT_SMALL_K of keys[0, n_cand) (0 < top_k < n_cand) by radar_top_k_threshold, the kept
+// ones gathered by warp 0 (the usual 1024-token budget is 4-16 segments). Called by every thread of the
+// block after the keys are visible; warp 0 writes out[0, top_k) in ascending index order, the caller syncs
+// before reading it.
+template <int nthreads>
+static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand, const int top_k, int * out) {
+    const int tid  = threadIdx.x;
+    const int lane = tid % WARP_SIZE;
+    const int warp = tid / WARP_SIZE;
+
+    __shared__ int n_sel_sh;
+    __shared__ int sel[RADAR_SELECT_SMALL_K];
+
+    if (tid == 0) {
+        n_sel_sh = 0;
+    }
+    // (radar_top_k_threshold syncs before it returns)
+    const radar_top_k_thr thr = radar_top_k_threshold<nthreads>(keys, n_cand, top_k);
+    const uint32_t lo     = thr.lo;
+    const bool     all_eq = thr.all_eq;
+
+    // kept: key > lo, and key == lo for all (all_eq) or the lowest indices of them (warp 0 below)
     for (int i = tid; i < n_cand; i += nthreads) {
         const uint32_t u = keys[i];
         if (u > lo || (all_eq && u == lo)) {
@@ -444,7 +472,7 @@ static __device__ void radar_top_k_hist(const uint32_t * keys, const int n_cand,
             }
             __syncwarp();
         }
-        // written in ascending segment order, as the radix path: the rank of each kept segment
+        // written in ascending segment order, as radar_select: the rank of each kept segment
         const int seg  = lane < top_k ? sel[lane] : INT_MAX;
         int       rank = 0;
         for (int r = 0; r < top_k; ++r) {

@@ -4,17 +4,18 @@
 //   2. radar_score_summary_gqa: (MEAN, MEANVAR, MINMAX) score of each candidate segment for every query head
 //                               of its KV head; radar_score_rf: (RF) the same per query head
 //      radar_score_oracle:      (ORACLE) log-sum-exp of the exact logits of each candidate segment
-//   3. radar_select:            top-k per query head, or per KV head with shared selection: the histogram
-//                               select for top_k <= 32, else a 4-pass radix select on the score bits; ties
-//                               to the lower segment index; writes the kept segments (candidates, then the
-//                               recent ones) as an ascending list. With per-head selection and a small top_k
+//   3. radar_select:            top-k per query head, or per KV head with shared selection: the threshold
+//                               by histogram passes (radar_top_k_threshold), then an ordered compaction;
+//                               ties to the lower segment index; writes the kept segments (candidates, then
+//                               the recent ones) as an ascending list. With per-head selection and a small top_k
 //                               this step runs inside radar_attn_kernel instead (radar-attn.cu)
 //      with p.n_rescore (two-stage selection), instead:
 //      radar_select:            the n_rescore best candidates by score, as above, into p.cand
 //      radar_rescore:           exact score of each of them per query head: log-sum-exp of the logits of
-//                               its valid cells past the sinks
+//                               its valid cells past the sinks (one block per candidate and query head)
 //      radar_select:            top-k of those by exact score (shared: by the group's summed attention
-//                               share over its candidates), then the recent segments, into p.sel
+//                               share over its candidates), then the recent segments, into p.sel; with
+//                               per-head selection and a small top_k inside radar_attn_kernel instead
 #include "radar-common.cuh"
 
 #ifdef RADAR_CUDA_AVAILABLE
@@ -264,44 +265,116 @@ static __global__ void radar_score_oracle(const radar_attn_params p) {
 }
 
 // rescore, stage 2 of the two-stage selection: the exact score of each candidate of stage 1 (p.cand, of the
-// head or of its KV group), as ORACLE's but without the sink cells (attended anyway); one warp per
-// candidate, into p.exact in the order of p.cand
+// head or of its KV group), as ORACLE's but without the sink cells (attended anyway), into p.exact in the
+// order of p.cand. One block per candidate and query head: the cells of the candidate are spread over all
+// threads of the block, and each thread has its K rows and mask values of a batch in flight at once (no
+// load waits on another: the mask does not predicate the K load), so that a candidate costs about one
+// round trip to memory instead of one per cell; the (max, sum) of the threads merge in shared memory.
 template <int D, ggml_type type_K>
-__launch_bounds__(RADAR_SCORE_NTHREADS)
+__launch_bounds__(RADAR_RESCORE_NTHREADS)
 static __global__ void radar_rescore(const radar_attn_params p) {
-    constexpr int nwarps = RADAR_SCORE_NTHREADS/WARP_SIZE;
+    constexpr int nthreads = RADAR_RESCORE_NTHREADS;
+    constexpr int nwarps   = nthreads/WARP_SIZE;
+    constexpr int TK       = radar_k_lanes<type_K, D>();                       // lanes per K row
+    constexpr int RB       = nthreads/TK;                                      // K rows per step of the block
+    constexpr int LB       = radar_k_lane_bytes<type_K, D>();
+    constexpr int BK       = 128/LB < 4 ? 4 : (128/LB > 16 ? 16 : 128/LB);    // K rows per thread and batch
+    typedef radar_k_row<type_K, D, TK> k_row;
 
+    const int i    = blockIdx.x; // index into the candidate list
     const int h    = blockIdx.y;
     const int st   = blockIdx.z;
     const int hk   = h/p.gqa;
-    const int lane = threadIdx.x % WARP_SIZE;
-    const int warp = threadIdx.x / WARP_SIZE;
+    const int tid  = threadIdx.x;
+    const int lane = tid % WARP_SIZE;
+    const int warp = tid / WARP_SIZE;
+    const int il   = tid % TK;
+    const int rk   = tid / TK;
 
-    const radar_counts cnt = radar_get_counts(p, st);
-    const int n_c = min(p.n_rescore, cnt.n_cand); // candidates of stage 1
-    const int i0  = blockIdx.x*RADAR_ORACLE_SEGS;
-    const int i1  = min(i0 + RADAR_ORACLE_SEGS, n_c);
-    if (cnt.n_cand <= p.top_k || i0 >= i1) {
+    __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
+    __shared__ float2 red_sh[nwarps];
+
+    // the candidate's id is read together with the counts (an entry past the list is never used)
+    const int          item = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
+    const int          sg   = p.cand[(int64_t) item*(p.n_rescore + 1) + 1 + i];
+    const radar_counts cnt  = radar_get_counts(p, st);
+    if (cnt.n_cand <= p.top_k || i >= min(p.n_rescore, cnt.n_cand)) {
         return;
     }
 
-    __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
-    radar_load_q<type_K, D>((const float *) (p.q + h*p.nbq2 + st*p.nbq3), q_sh);
-    __syncthreads();
-
-    const int    item  = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
-    const int  * cand  = p.cand + (int64_t) item*(p.n_rescore + 1) + 1;
     const float  slope = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
     const char * K     = p.k    + hk*p.nbk2 + st*p.nbk3;
     const char * mrow  = p.mask + st*p.nbm3;
-    float      * out   = p.exact + ((int64_t) st*p.n_hq + h)*p.n_rescore;
+    const int    c_beg = max(sg*p.L, p.n_sink);
+    const int    c_end = (sg + 1)*p.L;
 
-    for (int i = i0 + warp; i < i1; i += nwarps) {
-        const int   sg = cand[i];
-        const float r  = radar_cells_lse<D, type_K>(p, q_sh, K, mrow, slope, max(sg*p.L, p.n_sink), (sg + 1)*p.L);
-        if (lane == 0) {
-            out[i] = r;
+    // online softmax over the batches; every lane of a K row holds the same values
+    float mx  = -INFINITY;
+    float sum = 0.0f;
+    for (int cb = c_beg; cb < c_end; cb += BK*RB) { // the same in all threads
+        k_row kr[BK];
+        float mv[BK];
+#pragma unroll
+        for (int j = 0; j < BK; ++j) {
+            const int  c  = cb + j*RB + rk;
+            const bool in = c < c_end;
+            mv[j] = in ? radar_mask_value(mrow, c, p.mask_f16) : -INFINITY;
+            kr[j].load(K + (int64_t) (in ? c : 0)*p.nbk1, il, in);
         }
+        if (cb == c_beg) {
+            // the query, while the first batch of K rows is on its way
+            radar_load_q<type_K, D>((const float *) (p.q + h*p.nbq2 + st*p.nbq3), q_sh);
+            __syncthreads();
+        }
+        float l[BK];
+        float bmax = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < BK; ++j) {
+            float x = kr[j].dot(q_sh, il);
+            x *= p.kq_scale;
+            if (p.softcap != 0.0f) {
+                x = p.softcap*tanhf(x);
+            }
+            l[j] = mv[j] != -INFINITY ? x + slope*mv[j] : -INFINITY; // -inf: masked or past the segment
+            bmax = fmaxf(bmax, l[j]);
+        }
+        if (bmax > mx) {
+            sum *= expf(mx - bmax);
+            mx   = bmax;
+        }
+        if (mx != -INFINITY) {
+#pragma unroll
+            for (int j = 0; j < BK; ++j) {
+                sum += expf(l[j] - mx);
+            }
+        }
+    }
+
+    // merge the K rows of the warp, then the warps
+#pragma unroll
+    for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
+        const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
+        const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
+        const float mn   = fmaxf(mx, mx2);
+        if (mn != -INFINITY) {
+            sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
+            mx  = mn;
+        }
+    }
+    if (lane == 0) {
+        red_sh[warp] = make_float2(mx, sum);
+    }
+    __syncthreads();
+    if (tid == 0) {
+        for (int w = 1; w < nwarps; ++w) {
+            const float2 ms = red_sh[w];
+            const float  mn = fmaxf(mx, ms.x);
+            if (mn != -INFINITY) {
+                sum = sum*expf(mx - mn) + ms.y*expf(ms.x - mn);
+                mx  = mn;
+            }
+        }
+        p.exact[((int64_t) st*p.n_hq + h)*p.n_rescore + i] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
     }
 }
 
@@ -378,15 +451,10 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
     const int item = blockIdx.x;
     const int st   = blockIdx.y;
     const int tid  = threadIdx.x;
-    const int lane = tid % WARP_SIZE;
-    const int warp = tid / WARP_SIZE;
 
     extern __shared__ uint32_t keys_sh[];
     __shared__ float red_f[nwarps];
     __shared__ int   red_i[nwarps];
-    __shared__ int   hist[256];
-    __shared__ int   bin_sh;
-    __shared__ int   kk_sh;
 
     const int n_items = p.shared ? p.n_hkv : p.n_hq;
     int * out = out_base + ((int64_t) st*n_items + item)*ld_out;
@@ -443,70 +511,34 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
         sc = scores + ((int64_t) st*p.n_hq + item)*ld_scores;
     }
 
-    // each thread converts the scores it wrote (shared) or nobody else reads (own head): in place is safe
+    // each thread converts the scores it wrote (shared) or nobody else reads (own head): in place is safe.
+    // Loaded in batches: the loads of a batch are in flight together (keys may alias sc for the compiler)
     uint32_t * keys = p.select_smem ? keys_sh : (uint32_t *) sc;
-    for (int i = tid; i < n_in; i += nthreads) {
-        keys[i] = radar_key(sc[i]);
+    constexpr int nb = 4;
+    for (int i0 = 0; i0 < n_in; i0 += nb*nthreads) {
+        float x[nb];
+#pragma unroll
+        for (int j = 0; j < nb; ++j) {
+            const int i = i0 + j*nthreads + tid;
+            x[j] = i < n_in ? sc[i] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < nb; ++j) {
+            const int i = i0 + j*nthreads + tid;
+            if (i < n_in) {
+                keys[i] = radar_key(x[j]);
+            }
+        }
     }
     __syncthreads();
 
-    if (top_k > 0 && top_k <= RADAR_SELECT_SMALL_K) {
-        radar_top_k_hist<nthreads>(keys, n_in, top_k, out + 1);
-    } else if (top_k > 0) {
-        // radix select, 8 bits per pass from the top: the key T of the top_k-th best candidate and
-        // kk, the number of candidates with key T to keep (those with the lowest indices)
-        uint32_t prefix = 0;
-        uint32_t pmask  = 0;
-        int      kk     = top_k;
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            for (int b = tid; b < 256; b += nthreads) {
-                hist[b] = 0;
-            }
-            __syncthreads();
-            for (int i = tid; i < n_in; i += nthreads) {
-                const uint32_t u = keys[i];
-                if ((u & pmask) == prefix) {
-                    atomicAdd(&hist[(u >> shift) & 0xFF], 1);
-                }
-            }
-            __syncthreads();
-            if (warp == 0) {
-                // lane l holds bins 255 - 8l down to 248 - 8l
-                int c[8];
-                int lsum = 0;
-#pragma unroll
-                for (int t = 0; t < 8; ++t) {
-                    c[t]  = hist[255 - 8*lane - t];
-                    lsum += c[t];
-                }
-                int incl = lsum;
-#pragma unroll
-                for (int offset = 1; offset < WARP_SIZE; offset <<= 1) {
-                    const int y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
-                    incl += lane >= offset ? y : 0;
-                }
-                const uint32_t ball = __ballot_sync(0xFFFFFFFF, incl >= kk);
-                if (lane == __ffs(ball) - 1) {
-                    int run = incl - lsum;
-#pragma unroll
-                    for (int t = 0; t < 8; ++t) {
-                        if (run + c[t] >= kk) {
-                            bin_sh = 255 - 8*lane - t;
-                            kk_sh  = kk - run;
-                            break;
-                        }
-                        run += c[t];
-                    }
-                }
-            }
-            __syncthreads();
-            prefix |= (uint32_t) bin_sh << shift;
-            pmask  |= 0xFFu << shift;
-            kk      = kk_sh;
-        }
+    if (top_k > 0) {
+        // kept: key > T, and the first kk with key == T (all of them with all_eq)
+        const radar_top_k_thr thr    = radar_top_k_threshold<nthreads>(keys, n_in, top_k);
+        const uint32_t        prefix = thr.lo;
+        const int             kk     = thr.all_eq ? INT_MAX : thr.kk;
 
-        // kept: key > T, and the first kk with key == T; written in ascending segment order,
-        // each thread taking a contiguous range of candidates
+        // written in ascending segment order, each thread taking a contiguous range of candidates
         const int per   = (n_in + nthreads - 1)/nthreads;
         const int i_beg = min(tid*per, n_in);
         const int i_end = min(i_beg + per, n_in);
@@ -555,11 +587,11 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
 
 template <int D>
 static void radar_rescore_launch_D(const ggml_type type_K, const radar_attn_params & p, const int ns, cudaStream_t stream) {
-    const dim3 grid((p.n_rescore + RADAR_ORACLE_SEGS - 1)/RADAR_ORACLE_SEGS, p.n_hq, ns);
+    const dim3 grid(p.n_rescore, p.n_hq, ns);
     switch (type_K) {
-        case GGML_TYPE_F32:  radar_rescore<D, GGML_TYPE_F32> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
-        case GGML_TYPE_F16:  radar_rescore<D, GGML_TYPE_F16> <<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
-        case GGML_TYPE_Q8_0: radar_rescore<D, GGML_TYPE_Q8_0><<<grid, RADAR_SCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F32:  radar_rescore<D, GGML_TYPE_F32> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F16:  radar_rescore<D, GGML_TYPE_F16> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_Q8_0: radar_rescore<D, GGML_TYPE_Q8_0><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
         default: GGML_ABORT("fatal error");
     }
 }
@@ -617,8 +649,10 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const radar_
             case 256: radar_rescore_launch_D<256>(type_K, p, ns, stream); break;
             default: GGML_ABORT("fatal error");
         }
-        radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
-            p, p.exact, p.n_rescore, p.cand, p.sel, p.n_seg_cap + 1, p.top_k, true);
+        if (!p.select_in_attn) {
+            radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
+                p, p.exact, p.n_rescore, p.cand, p.sel, p.n_seg_cap + 1, p.top_k, true);
+        }
     } else if (!p.select_in_attn) {
         radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
             p, p.scores, p.n_seg_cap, nullptr, p.sel, p.n_seg_cap + 1, p.top_k, true);

@@ -207,8 +207,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     const bool    need_select = n_seg_max > p.top_k;
 
     // two-stage selection: the n_rescore best candidates by score, then the top_k of them by exact score
+    // (with top_k = 0 nothing is kept whatever the scores: one stage)
     const int n_rescore = ggml_get_op_params_i32(dst, 9);
-    p.n_rescore = need_select && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
+    p.n_rescore = need_select && p.top_k > 0 && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
 
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
     ggml_cuda_pool & pool = ctx.pool();
@@ -224,8 +225,11 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 
     if (need_select) {
         const int64_t n_recent_seg = ((int64_t) p.n_recent + p.L - 1)/p.L;
+        // radar_attn_kernel selects the top_k itself (from the scores, or with two stages from the exact
+        // scores of the candidates) when the selection is per head and small, and its keys fit
+        const int64_t n_attn_keys = p.n_rescore > 0 ? p.n_rescore : p.n_seg_cap;
         p.select_smem    = p.n_seg_cap*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX;
-        p.select_in_attn = !p.shared && p.select_smem && p.n_rescore == 0 &&
+        p.select_in_attn = !p.shared && n_attn_keys*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX &&
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);

@@ -209,7 +209,8 @@ size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
     const int64_t n_seg = dst->src[4]->ne[2];
     const int64_t m     = dst->src[6] ? dst->src[6]->ne[1] : 0;
     const int64_t W     = dst->src[4]->ne[0];
-    return (G + 3)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + 2*CACHE_LINE_SIZE_F32 + 16;
+    const int64_t L     = ggml_get_op_params_i32(dst, 1);
+    return (G + 3)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + L + 2*CACHE_LINE_SIZE_F32 + 16;
 }
 
 // shared by the threads, after their own buffers: the segment scores of every query head
@@ -340,6 +341,7 @@ void ggml_compute_forward_radar_attn(
     float * qg     = srow + W;                       // [G, DK] the queries of a KV head's group
     float * q2g    = qg + G*DK;                      // [G, DK] their squares
     void  * Q_q    = (void *) (q2g + G*DK + CACHE_LINE_SIZE_F32); // [DK] query in K's vec-dot type
+    float * lseg   = (float *) Q_q + DK;             // [L] the logits of one segment
 
     // MEAN, MEANVAR, MINMAX: scores of all query heads, computed per KV group before the selection,
     // so that each summary row is read once per group (not once per query head); [ns, n_hq, n_seg_cap]
@@ -367,23 +369,20 @@ void ggml_compute_forward_radar_attn(
         return max_bias > 0.0f ? (h < (int64_t) n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1)) : 1.0f;
     };
 
-    // log of the exact attention mass of cells [c0, c1) for the query in Q_q; -INF when all are masked
+    // log of the exact attention mass of cells [c0, c1) (at most one segment) for the query in Q_q;
+    // -INF when all are masked. The logits first, then one vectorized exp-sum
     auto cells_lse = [&](const char * mp, float slope, int64_t c0, int64_t c1, int64_t hk, int64_t st) -> float {
-        float mx  = -INFINITY;
-        float sum = 0.0f;
-        for (int64_t c = c0; c < c1; ++c) {
-            const float l = logit(mp, slope, c, hk, st);
-            if (l == -INFINITY) {
-                continue;
-            }
-            if (l > mx) {
-                sum = sum*expf(mx - l) + 1.0f;
-                mx  = l;
-            } else {
-                sum += expf(l - mx);
-            }
+        const int64_t n  = c1 - c0;
+        float         mx = -INFINITY;
+        for (int64_t i = 0; i < n; ++i) {
+            lseg[i] = logit(mp, slope, c0 + i, hk, st);
+            mx = MAX(mx, lseg[i]);
         }
-        return sum > 0.0f ? mx + logf(sum) : -INFINITY;
+        if (mx == -INFINITY) {
+            return -INFINITY;
+        }
+        const ggml_float sum = ggml_vec_soft_max_f32((int) n, lseg, lseg, mx);
+        return mx + logf((float) sum);
     };
 
     // log-add b into a (either may be -INF)

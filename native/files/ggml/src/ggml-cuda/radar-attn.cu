@@ -206,22 +206,7 @@ static __global__ void radar_attn_kernel(const radar_attn_params p) {
         const bool    two  = p.n_rescore > 0;
         const int     n_in = two ? min(p.n_rescore, cnt.n_cand) : cnt.n_cand; // > top_k
         const float * sc   = two ? p.exact + (int64_t) item*p.n_rescore : p.scores + (int64_t) item*p.n_seg_cap;
-        constexpr int nb = 4; // loads in flight per thread
-        for (int i0 = 0; i0 < n_in; i0 += nb*nthreads) {
-            float x[nb];
-#pragma unroll
-            for (int j = 0; j < nb; ++j) {
-                const int i = i0 + j*nthreads + tid;
-                x[j] = i < n_in ? sc[i] : 0.0f;
-            }
-#pragma unroll
-            for (int j = 0; j < nb; ++j) {
-                const int i = i0 + j*nthreads + tid;
-                if (i < n_in) {
-                    keys_sh[i] = radar_key(x[j]);
-                }
-            }
-        }
+        radar_scores_to_keys<nthreads>(sc, keys_sh, n_in, tid);
         __syncthreads();
         if (p.top_k > 0) {
             radar_top_k_hist<nthreads>(keys_sh, n_in, p.top_k, sel_sh);

@@ -302,6 +302,44 @@ static __device__ __forceinline__ uint32_t radar_key(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// keys[i] = radar_key(sc[i]) for i < n, by the nthreads threads of a block; the scores are loaded in
+// batches of nb per thread so that a batch is in flight together (keys may alias sc)
+template <int nthreads>
+static __device__ __forceinline__ void radar_scores_to_keys(const float * sc, uint32_t * keys, const int n, const int tid) {
+    constexpr int nb = 4;
+    for (int i0 = 0; i0 < n; i0 += nb*nthreads) {
+        float x[nb];
+#pragma unroll
+        for (int j = 0; j < nb; ++j) {
+            const int i = i0 + j*nthreads + tid;
+            x[j] = i < n ? sc[i] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < nb; ++j) {
+            const int i = i0 + j*nthreads + tid;
+            if (i < n) {
+                keys[i] = radar_key(x[j]);
+            }
+        }
+    }
+}
+
+// merge the online-softmax pairs (max, sum) of the lanes of a warp that hold other cells: lanes l and
+// l ^ offset for offset = TK, 2 TK, ... (TK lanes share one K row)
+template <int TK>
+static __device__ __forceinline__ void radar_warp_merge_lse(float & mx, float & sum) {
+#pragma unroll
+    for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
+        const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
+        const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
+        const float mn   = fmaxf(mx, mx2);
+        if (mn != -INFINITY) {
+            sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
+            mx  = mn;
+        }
+    }
+}
+
 
 // the threshold of the top_k best of keys[0, n_cand) by (key desc, index asc), as the CPU's nth_element:
 // kept are the keys > lo, and of the keys == lo the kk with the lowest indices (all of them with all_eq)

@@ -214,17 +214,7 @@ static __device__ __forceinline__ float radar_cells_lse(const radar_attn_params 
             }
         }
     }
-    // merge the cell groups of the warp
-#pragma unroll
-    for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
-        const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
-        const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
-        const float mn   = fmaxf(mx, mx2);
-        if (mn != -INFINITY) {
-            sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
-            mx  = mn;
-        }
-    }
+    radar_warp_merge_lse<TK>(mx, sum); // the cell groups of the warp
     return sum > 0.0f ? mx + logf(sum) : -INFINITY;
 }
 
@@ -351,16 +341,7 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     }
 
     // merge the K rows of the warp, then the warps
-#pragma unroll
-    for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
-        const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
-        const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
-        const float mn   = fmaxf(mx, mx2);
-        if (mn != -INFINITY) {
-            sum = sum*expf(mx - mn) + sum2*expf(mx2 - mn);
-            mx  = mn;
-        }
-    }
+    radar_warp_merge_lse<TK>(mx, sum);
     if (lane == 0) {
         red_sh[warp] = make_float2(mx, sum);
     }
@@ -514,22 +495,7 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
     // each thread converts the scores it wrote (shared) or nobody else reads (own head): in place is safe.
     // Loaded in batches: the loads of a batch are in flight together (keys may alias sc for the compiler)
     uint32_t * keys = p.select_smem ? keys_sh : (uint32_t *) sc;
-    constexpr int nb = 4;
-    for (int i0 = 0; i0 < n_in; i0 += nb*nthreads) {
-        float x[nb];
-#pragma unroll
-        for (int j = 0; j < nb; ++j) {
-            const int i = i0 + j*nthreads + tid;
-            x[j] = i < n_in ? sc[i] : 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < nb; ++j) {
-            const int i = i0 + j*nthreads + tid;
-            if (i < n_in) {
-                keys[i] = radar_key(x[j]);
-            }
-        }
-    }
+    radar_scores_to_keys<nthreads>(sc, keys, n_in, tid);
     __syncthreads();
 
     if (top_k > 0) {

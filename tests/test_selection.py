@@ -183,10 +183,11 @@ def test_parse_method_and_bytes():
     assert f32["summaries"] == 2 * mv["summaries"] and f32["kv"] == mv["kv"]
     sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true,aspect=2"), **shape)
     assert sh["cells_per_kv_head"] == 1 + 64 + 16 * 64 and sh["kv"] < mv["kv"] < dense["kv"]
-    assert mv["rescore"] == 0
-    two = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2,rescore=4"), **shape)
-    # 64 candidates of 64 keys for each of the 7 heads, capped at the 255 candidate segments; K only
-    assert two["rescore"] == 24 * 2 * 255 * 64 * 64 * 2 and two["kv"] == mv["kv"]
+    one = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2,rescore=0"), **shape)
+    assert one["rescore"] == 0 and one["kv"] == mv["kv"]
+    # the default two stages (rescore 4): 64 candidates of 64 keys for each of the 7 heads, capped at the
+    # 255 candidate segments; K only
+    assert mv["rescore"] == 24 * 2 * 255 * 64 * 64 * 2
 
 
 # -- end to end on the bundled model ---------------------------------------------------------------------

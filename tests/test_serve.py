@@ -141,6 +141,7 @@ def test_radar_env_keys():
     kv = dict(item.split("=") for item in env.split(","))
     assert kv["budget"] == "512" and kv["dense_below"] == "16384" and kv["shared"] == "1"
     assert kv["score"] == "3" and kv["summary"] == "f16" and kv["window"] == "32" and kv["sinks"] == "1"
+    assert kv["rescore"] == "4" and "rescore=0," in radar_env(RadarConfig(rescore=0.0)) + ","
     assert radar_env(RadarConfig(enabled=False)) == "0"
     assert slot_ctx(2048) == 2048 and slot_ctx(2049) == 2304
 
@@ -386,11 +387,12 @@ def test_bad_input_is_4xx_and_the_server_keeps_serving(server, client, body):
     "body",
     [b'{"messages": [{"role": "user", "content": "hi"}', b"", {"messages": HI, "tools": "get_weather"}],
 )
-def test_unparsable_input_is_an_error_and_the_server_keeps_serving(server, client, body):
-    """llama-server at the pinned version answers a body that is not JSON, and tools that are not a list,
-    with 500 and the parser's message (400 would be right: docs/serve.md); the server carries on."""
+def test_unparsable_input_is_4xx_and_the_server_keeps_serving(server, client, body):
+    """A body that is not JSON, and tools that are not a list, are the client's error: 400 with the
+    parser's message (the pinned llama-server said 500; patch 0006); the server carries on."""
     status, answer = raw(server.url, "POST", "/v1/chat/completions", body)
-    assert status in (400, 500) and answer["error"]["message"], (status, answer)
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error", (status, answer)
+    assert answer["error"]["message"]
     r = client.chat.completions.create(model="qwen-test", messages=CAPITAL, max_tokens=4, temperature=0)
     assert "Paris" in r.choices[0].message.content
 

@@ -142,8 +142,11 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
         else:
             fields.append(item)
     cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
-    if cfg.rescore > 1 and name not in ("meanvar", "mean", "minmax", "rf"):
-        raise ValueError(f"method {spec!r}: rescore applies to the summary scores only (twostage: cand=)")
+    if name not in ("meanvar", "mean", "minmax", "rf"):
+        # the library's two-stage selection applies to the summary scores; the other methods rank alone
+        if any(f.partition("=")[0].strip() == "rescore" for f in fields):
+            raise ValueError(f"method {spec!r}: rescore applies to the summary scores only (twostage: cand=)")
+        cfg = cfg.replace(rescore=0.0)
     return Method(spec, name, cfg, tuple(options))
 
 

@@ -91,6 +91,7 @@ class AttnCapture:
     max_bias: float
     softcap: float
     has_sinks: bool
+    n_rescore: int = 0  # candidates of the two-stage selection (op param 9; 0: one stage)
 
 
 def read_radar_attn(t: ggml_tensor, layer: int) -> AttnCapture:
@@ -127,6 +128,7 @@ def read_radar_attn(t: ggml_tensor, layer: int) -> AttnCapture:
         max_bias=float(f[1]),
         softcap=float(f[2]),
         has_sinks=src[7] is not None,
+        n_rescore=p[9],
     )
 
 

@@ -239,6 +239,7 @@ def kernel_check(
         cap.shared,
         cap.softcap,
         cap.max_bias,
+        n_rescore=cap.n_rescore,
     )
     res["out_err"] = float(np.abs(out - cap.out).max() / max(1e-30, float(np.abs(cap.out).max())))
     return res

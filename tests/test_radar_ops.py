@@ -337,12 +337,7 @@ def _rescore_margin(q, k, mask, seg_len, n_seg, top_k, n_rescore, scale, n_sink,
         sc = R._share_scores(sc, g)
     cand = np.argsort(-sc, axis=1, kind="stable")[:, :n_rescore]
     logits = R._logits(q, k, R._as_mask(mask), scale, 0.0, 0.0)
-    cells = cand[:, :, None] * seg_len + np.arange(seg_len)
-    lg = np.take_along_axis(logits, cells.reshape(len(q), -1), axis=1).reshape(cells.shape)
-    ex = R._logsumexp(np.where(cells < n_sink, -np.inf, lg), axis=2)
-    if shared:
-        ex = R._share_scores(ex, g)
-    ex = -np.sort(-ex, axis=1)
+    ex = -np.sort(-R.rescore_scores(cand, logits, seg_len, n_sink, shared, g), axis=1)
     return float((ex[:, top_k - 1] - ex[:, top_k]).min())
 
 

@@ -348,15 +348,21 @@ def rescore_exact(
     segment.
     """
     cand = np.sort(cand, axis=1)  # [Hq, n_c] ascending: a stable sort then breaks ties by segment
+    ex = rescore_scores(cand, logits, seg_len, n_sink, shared, g)  # [Hq, n_c]
+    order = np.argsort(-ex, axis=1, kind="stable")  # [Hq, n_c]
+    return np.take_along_axis(cand, order, axis=1)
+
+
+def rescore_scores(
+    cand: np.ndarray, logits: np.ndarray, seg_len: int, n_sink: int, shared: bool, g: int
+) -> np.ndarray:
+    """The exact scores stage two ranks by: ``[Hq, n_c]`` for the candidates ``cand: [Hq, n_c]`` (see
+    :func:`rescore_exact`)."""
     L = seg_len
     cells = cand[:, :, None] * L + np.arange(L)[None, None, :]  # [Hq, n_c, L]
     lg = np.take_along_axis(logits, cells.reshape(cand.shape[0], -1), axis=1).reshape(cells.shape)
-    lg = np.where(cells < n_sink, -np.inf, lg)
-    ex = _logsumexp(lg, axis=2)  # [Hq, n_c]
-    if shared:
-        ex = _share_scores(ex, g)
-    order = np.argsort(-ex, axis=1, kind="stable")  # [Hq, n_c]
-    return np.take_along_axis(cand, order, axis=1)
+    ex = _logsumexp(np.where(cells < n_sink, -np.inf, lg), axis=2)  # [Hq, n_c]
+    return _share_scores(ex, g) if shared else ex
 
 
 def radar_attention(

@@ -42,6 +42,7 @@ class llama_radar_params(ctypes.Structure):
         ("summary_type", ctypes.c_int32),
         ("budget_max_scale", ctypes.c_float),
         ("rescore", ctypes.c_float),
+        ("mass_target", ctypes.c_float),
     ]
 
 
@@ -149,6 +150,7 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
         summary_type={v: k for k, v in SUMMARY_TYPES.items()}[p.summary_type],
         budget_max_scale=float(p.budget_max_scale),
         rescore=float(p.rescore),
+        mass_target=float(p.mass_target),
     )
 
 
@@ -169,6 +171,7 @@ def _to_c(cfg: RadarConfig) -> llama_radar_params:
         SUMMARY_TYPES[cfg.summary_type],
         float(cfg.budget_max_scale),
         float(cfg.rescore),
+        float(cfg.mass_target),
     )
 
 

@@ -66,6 +66,7 @@ seed_int = int_range(-1, MAX_SEED, what="a seed (-1: random)")
 temperature_float = float_range(0.0, what="a temperature (0: greedy)")
 top_p_float = float_range(0.0, 1.0, lo_open=True, what="a probability")
 _rescore_range = float_range(0.0, 64.0, what="a rescore factor (0: one stage)")
+share_float = float_range(0.0, 1.0, what="a share in [0, 1]")
 
 
 def rescore_float(text: str) -> float:
@@ -170,6 +171,13 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
         "0: one stage (default: %(default)s)",
     )
     g.add_argument(
+        "--radar-mass-target",
+        type=share_float,
+        default=None,
+        help="adaptive budget of the two stages: attend more rescored candidates until the attended cells "
+        f"hold this share of the known attention mass; 0: the fixed budget (default: {d.mass_target:g})",
+    )
+    g.add_argument(
         "--radar-summary-type",
         choices=sorted(SUMMARY_TYPES),
         default=d.summary_type,
@@ -178,6 +186,10 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
 
 
 def radar_from_args(args: argparse.Namespace) -> RadarConfig:
+    if args.radar_mass_target and args.radar_rescore <= 1:
+        raise ValueError(
+            "--radar-mass-target needs two stages: the mass comes from stage two (--radar-rescore > 1)"
+        )
     return RadarConfig(
         enabled=args.radar,
         score=args.radar_score,
@@ -191,6 +203,7 @@ def radar_from_args(args: argparse.Namespace) -> RadarConfig:
         shared_gqa=args.radar_shared_gqa,
         summary_type=args.radar_summary_type,
         rescore=args.radar_rescore,
+        mass_target=RadarConfig.mass_target if args.radar_mass_target is None else args.radar_mass_target,
     ).validate()
 
 

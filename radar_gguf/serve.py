@@ -97,6 +97,7 @@ def radar_env(radar: RadarConfig) -> str:
         "budget_scale": f"{radar.budget_max_scale:g}",
         "summary": radar.summary_type,
         "rescore": f"{radar.rescore:g}",
+        "mass": f"{radar.mass_target:g}",
     }
     return ",".join(f"{k}={v}" for k, v in keys.items())
 

@@ -44,6 +44,8 @@ def test_radar_config_validation_names_the_parameter():
         RadarConfig(score="fancy").validate()
     with pytest.raises(TypeError, match="no parameter"):
         RadarConfig().replace(budget=3)
+    with pytest.raises(ValueError, match="mass_target"):
+        RadarConfig(mass_target=1.5).validate()
 
 
 def test_c_api_rejects_bad_parameters(model):
@@ -57,6 +59,10 @@ def test_c_api_rejects_bad_parameters(model):
     p = _lib._to_c(RadarConfig())
     p.score = 17
     assert lib.llama_radar_set_params(model.llama.ctx, ctypes.byref(p)) == -1
+    p = _lib._to_c(RadarConfig())
+    p.mass_target = 1.5
+    rc = lib.llama_radar_set_params(model.llama.ctx, ctypes.byref(p))
+    assert rc == -13 and b"mass_target" in lib.llama_radar_strerror(rc)  # LLAMA_RADAR_ERR_MASS
     assert model.radar == _lib.radar_get(model.llama.ctx)  # the context kept its previous parameters
 
 

@@ -97,12 +97,19 @@ def test_prompt_longer_than_context(model_path):
         ("--radar-window", "-1", "n_recent"),
         ("--radar-aspect", "0", "aspect"),
         ("--radar-summary-type", "bf16", "summary-type"),
+        ("--radar-mass-target", "1.5", "mass-target"),
     ],
 )
 def test_bad_radar_flags_are_usage_errors(flag, value, name):
     r = run_cli(flag, value, "-p", "hi", timeout=60)
     assert r.returncode == 2
     assert name in r.stderr
+
+
+def test_mass_target_with_one_stage_is_a_usage_error():
+    """A mass target asked for explicitly with one stage would do nothing: refused, not ignored."""
+    r = run_cli("--radar-rescore", "0", "--radar-mass-target", "0.9", "-p", "hi", timeout=60)
+    assert r.returncode == 2 and "two stages" in r.stderr
 
 
 def _radar_gguf(*args: str, **kw):

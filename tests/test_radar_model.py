@@ -102,7 +102,7 @@ def test_rescore_every_candidate_selects_like_the_oracle(qwen):
     the kept segments are those of the exact attention mass, the ORACLE score's; the parameter and the
     keys stage two read come back from the library."""
     t = qwen.toks[:1800]
-    base = SPARSE.replace(n_sink=0, rescore=0.0)  # one stage
+    base = SPARSE.replace(n_sink=0, rescore=0.0, mass_target=0.0)  # one stage, then a fixed budget
     # one stage first: the runs compared below then all start from the same cached prefix
     one = next_logits(qwen, t, base)
     oracle = next_logits(qwen, t, base.replace(score="oracle"))
@@ -113,6 +113,19 @@ def test_rescore_every_candidate_selects_like_the_oracle(qwen):
     assert st.n_rescored == (st.n_seg - 2) * 16 and st.n_seg_selected == 8 + 2
     np.testing.assert_allclose(two, oracle, atol=1e-3)
     assert np.abs(one - oracle).max() > 0.05  # one stage picks otherwise: the comparison can fail
+
+
+def test_mass_target_at_the_full_share_attends_every_segment(qwen):
+    """The mass target reaches the kernels: at the full share with every candidate rescored, every segment
+    is attended, which is what top-k = all attends; the fixed budget of the same config is far from it."""
+    t = qwen.toks[:1800]
+    # the fixed budget first: the runs compared below then start from the same cached prefix
+    sparse = next_logits(qwen, t, SPARSE)
+    every = next_logits(qwen, t, EXACT)
+    full = next_logits(qwen, t, SPARSE.replace(rescore=64.0, mass_target=1.0))
+    assert qwen.radar.mass_target == 1.0
+    np.testing.assert_allclose(full, every, atol=1e-3)
+    assert np.abs(sparse - every).max() > 0.05  # the comparison can fail
 
 
 def rebuild_summaries(m):

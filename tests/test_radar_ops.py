@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ggml_ops import F16, Q8_0, dequant, flash_attn, radar_ops
+from ggml_ops import F16, F32, Q8_0, dequant, flash_attn, radar_ops
 
 from radar_gguf.lab import reference as R
 
@@ -388,3 +388,93 @@ def test_rescore_all_candidates_is_the_oracle():
     np.testing.assert_allclose(two, oracle, atol=1e-5)
     one, _ = radar_ops(q, k, v, mask, score=R.SCORE_MEANVAR, **kw)
     assert np.abs(one - oracle).max() > 1e-2  # meanvar alone picks otherwise: the comparison can fail
+
+
+def _mass_case(shared, p, n_rescore):
+    """The reference's mass-target selection on a fixed case: (q, k, v, mask, n_seg, kept counts, margin).
+    The margin is the smallest log-share gap, over heads, between the last kept and the first dropped
+    candidate: the kernel computes in f32, so a case must not hinge on a near-tie."""
+    d, seg_len, top_k = 64, 16, 6
+    q, k, v, mask, used = make_case(62, d, 4, q_scale=3.0)
+    n_seg = used // seg_len
+    kd = k
+    scale = d**-0.5
+    s = R.summarize(kd, np.isfinite(mask), seg_len, n_seg, R.SCORE_MEANVAR, scale)
+    n_cand = n_seg - 2
+    g = q.shape[0] // k.shape[1]
+    sc = R.segment_scores(q, s[:n_cand], R.SCORE_MEANVAR, scale)
+    if shared:
+        sc = R._share_scores(sc, g)
+    cand = np.argsort(-sc, axis=1, kind="stable")[:, :n_rescore]
+    logits = R._logits(q, kd, R._as_mask(mask), scale, 0.0, 0.0)
+    always = np.zeros(len(mask), dtype=bool)
+    always[:1] = True
+    always[n_cand * seg_len :] = True
+    _, keep, share = R.mass_target_select(cand, logits, always, seg_len, 1, shared, g, top_k, p)
+    lg = np.log(share)
+    margin = min(lg[h, c - 1] - lg[h, c] for h, c in enumerate(keep) if c < share.shape[1])
+    return q, k, v, mask, n_seg, keep, float(margin)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_mass_target_matches_reference(shared):
+    """Adaptive budget: past the 6 best of 24 rescored candidates, more are kept until the share 0.7 is
+    reached; the kernel keeps the reference's segments, a different number per head. f32 K/V: the count
+    hinges on sums of shares, which f16's rounding of q would move by more than this case's margins (the
+    rounding itself is covered by the two-stage tests)."""
+    p, n_rescore, top_k, seg_len, kv_type = 0.7, 24, 6, 16, F32
+    q, k, v, mask, n_seg, keep, margin = _mass_case(shared, p, n_rescore)
+    assert margin > 0.01, f"near-tie at the cut ({margin:.2e}): pick another case"
+    assert keep.min() >= top_k and keep.max() > top_k and len(set(keep.tolist())) > 1  # the case adapts
+    # the decision is not near the target: the counts hold for p +- 0.002
+    for dp in (-0.002, 0.002):
+        assert np.array_equal(_mass_case(shared, p + dp, n_rescore)[5], keep)
+    kw = dict(seg_len=seg_len, top_k=top_k, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR, scale=64**-0.5)
+    out, s = radar_ops(
+        q, k, v, mask, n_seg=n_seg, shared=shared, kv_type=kv_type, n_rescore=n_rescore, mass_target=p, **kw
+    )
+    ref, sel = R.radar_attention(
+        q,
+        dequant(k, kv_type),
+        dequant(v, kv_type),
+        mask,
+        s.astype(np.float64),
+        n_seg,
+        seg_len,
+        top_k,
+        1,
+        32,
+        R.SCORE_MEANVAR,
+        64**-0.5,
+        shared=shared,
+        n_rescore=n_rescore,
+        mass_target=p,
+    )
+    assert [len(x) - 2 for x in sel] == keep.tolist()
+    tol = 1e-4
+    np.testing.assert_allclose(out, ref, atol=tol)
+    # the fixed budget attends less: a kernel that ignored the target would fail the comparison above
+    fixed, _ = radar_ops(
+        q, k, v, mask, n_seg=n_seg, shared=shared, kv_type=kv_type, n_rescore=n_rescore, **kw
+    )
+    assert np.abs(fixed - ref).max() > 10 * tol
+
+
+def test_mass_target_limits():
+    """A tiny target keeps the fixed top_k; the full target with every candidate rescored attends every
+    cell: dense attention (the exactness limit)."""
+    d = 64
+    q, k, v, mask, used = make_case(7, d, 4)
+    seg_len, n_seg = 16, used // 16
+    kw = dict(
+        seg_len=seg_len, top_k=5, n_sink=1, n_recent=32, scale=d**-0.5, n_seg=n_seg, score=R.SCORE_MEANVAR
+    )
+    fixed, _ = radar_ops(q, k, v, mask, n_rescore=20, **kw)
+    tiny, _ = radar_ops(q, k, v, mask, n_rescore=20, mass_target=1e-6, **kw)
+    np.testing.assert_allclose(tiny, fixed, atol=1e-6)
+    full, _ = radar_ops(q, k, v, mask, n_rescore=n_seg, mass_target=1.0, **kw)
+    dense = R.dense_attention(q, dequant(k, F16), dequant(v, F16), mask, d**-0.5)
+    np.testing.assert_allclose(full, dense, atol=2e-3)
+    every, _ = radar_ops(q, k, v, mask, **{**kw, "top_k": n_seg})  # the same cells through the same kernel
+    np.testing.assert_array_equal(full, every)
+    assert np.abs(fixed - dense).max() > 2e-2  # the fixed budget is not dense on this case

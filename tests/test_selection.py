@@ -123,7 +123,7 @@ def test_planted_key_is_found():
     assert p[:, 21].min() > 0.1
     geom = meth.Geometry.make(L, n_kv // L, 1, 8, 1)
     cache = meth.SummaryCache()
-    base = parse_config("meanvar:token_budget=8,n_recent=8")
+    base = parse_config("meanvar:token_budget=8,n_recent=8,mass_target=0")
     got = {}
     for spec in ("meanvar", "mean", "minmax", "oracle", "oracle-op", "window", "meanvar:shared_gqa=true"):
         m = meth.parse_method(spec, base)
@@ -152,6 +152,15 @@ def test_planted_key_is_found():
     order, _ = meth.method_order(m, cap, p, geom, k64, valid, cache)
     oracle, _ = meth.method_order(meth.parse_method("oracle", base), cap, p, geom, k64, valid, cache)
     assert (order[:, :3] == oracle[:, :3]).all()
+    # the library's mass target: from top_k up to the rescored candidates, more the higher the target
+    kept = {}
+    for p_target in (0.5, 0.999):
+        m = meth.parse_method(f"meanvar:rescore=8,mass_target={p_target}", base)
+        order, n_sel = meth.method_order(m, cap, p, geom, k64, valid, cache)
+        assert (geom.k_sel <= n_sel).all() and (n_sel <= 8 * geom.k_sel).all()
+        assert sel.selection_metrics(p, order, geom, n_sel=n_sel)["hit@1"].mean() == 1.0
+        kept[p_target] = n_sel
+    assert (kept[0.5] <= kept[0.999]).all() and kept[0.999].max() > geom.k_sel
     with pytest.raises(ValueError, match="p must be a number"):
         meth.parse_method("mass:p=high")
 
@@ -173,21 +182,24 @@ def test_parse_method_and_bytes():
     dense = sel.kv_bytes_per_step(None, **shape)
     assert dense["kv"] == 24 * 2 * 16384 * 128 * 2
     mv = sel.kv_bytes_per_step(
-        parse_config("meanvar:aspect=2"), **shape
-    )  # L 64, 256 segments, top-16, 7 heads a group
+        parse_config("meanvar:aspect=2,mass_target=0"), **shape
+    )  # L 64, 256 segments, top-16, 7 heads a group, a fixed budget
     assert (
         mv["cells_per_kv_head"] == 1 + 64 + 7 * 16 * 64
     )  # sink + recent segment (no tail) + 7 disjoint top-16
     assert mv["summaries"] == 24 * 2 * 256 * 129 * 2  # f16 summaries (the default)
-    f32 = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2,summary_type=f32"), **shape)
+    f32 = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2,summary_type=f32,mass_target=0"), **shape)
     assert f32["summaries"] == 2 * mv["summaries"] and f32["kv"] == mv["kv"]
-    sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true,aspect=2"), **shape)
+    sh = sel.kv_bytes_per_step(parse_config("meanvar:shared_gqa=true,aspect=2,mass_target=0"), **shape)
     assert sh["cells_per_kv_head"] == 1 + 64 + 16 * 64 and sh["kv"] < mv["kv"] < dense["kv"]
     one = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2,rescore=0"), **shape)
     assert one["rescore"] == 0 and one["kv"] == mv["kv"]
     # the default two stages (rescore 4): 64 candidates of 64 keys for each of the 7 heads, capped at the
     # 255 candidate segments; K only
     assert mv["rescore"] == 24 * 2 * 255 * 64 * 64 * 2
+    # the default mass target: a head may attend all of its 64 candidates (the group's capped at 255)
+    ma = sel.kv_bytes_per_step(parse_config("meanvar:aspect=2"), **shape)
+    assert ma["cells_per_kv_head"] == 1 + 64 + 255 * 64 and ma["rescore"] == mv["rescore"]
 
 
 # -- end to end on the bundled model ---------------------------------------------------------------------
@@ -202,7 +214,7 @@ def captured(model_path, essays_available):
     with cap_mod.eval_callback(capture.c_callback):
         model = radar_gguf.load(model_path, ctx=N + 32, radar=DENSE)
     # f32 summaries: the check compares the kernel's selection with NumPy's from exact summaries
-    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
+    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32,mass_target=0")
     methods = [meth.parse_method(s, cfg) for s in ("meanvar", "oracle", "window", "random", "rf")]
     with model:
         toks = essay_tokens(model, N + 8)
@@ -237,7 +249,7 @@ def test_capture_budget_scale_gemma3(essays_available):
     capture = cap_mod.Capture()
     with cap_mod.eval_callback(capture.c_callback):
         model = radar_gguf.load(gemma3_model_path(), ctx=N + 32, radar=DENSE)
-    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32")
+    cfg = parse_config("meanvar:dense_below=256,aspect=1000,token_budget=64,summary_type=f32,mass_target=0")
     methods = [meth.parse_method(s, cfg) for s in ("meanvar", "meanvar:budget_max_scale=1")]
     with model:
         toks = essay_tokens(model, N + 4)

@@ -92,6 +92,7 @@ class AttnCapture:
     softcap: float
     has_sinks: bool
     n_rescore: int = 0  # candidates of the two-stage selection (op param 9; 0: one stage)
+    mass_target: float = 0.0  # mass target of stage two (op param 10; 0: top_k)
 
 
 def read_radar_attn(t: ggml_tensor, layer: int) -> AttnCapture:
@@ -129,6 +130,7 @@ def read_radar_attn(t: ggml_tensor, layer: int) -> AttnCapture:
         softcap=float(f[2]),
         has_sinks=src[7] is not None,
         n_rescore=p[9],
+        mass_target=float(np.array(p[10:11], dtype=np.int32).view(np.float32)[0]),
     )
 
 

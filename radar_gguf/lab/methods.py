@@ -233,6 +233,8 @@ def method_order(
         return order, mass_target_count(m, cap, sc, order, geom, k64, valid)
     if m.kind == "twostage":
         return twostage_order(m.option("cand"), cap, order, geom, k64), None
+    if m.cfg.rescore > 1 and m.cfg.mass_target > 0:  # the library's two stages with a mass target
+        return mass_target_order(m, cap, order, geom, k64, valid)
     if m.cfg.rescore > 1:  # the library's two-stage selection
         return twostage_order(m.cfg.rescore, cap, order, geom, k64), None
     return order, None
@@ -277,6 +279,34 @@ def mass_target_count(
     lo = min(nc, int(m.option("floor") // L))
     hi = min(nc, max(lo, int(m.option("ceil") // L)))
     return np.clip(need, lo, hi).astype(np.int64)
+
+
+def mass_target_order(
+    m: Method, cap: AttnCapture, order: np.ndarray, geom: Geometry, k64: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The library's two stages with a mass target (``reference.mass_target_select``) on the captured keys:
+    the ranking ``[Hq, n_cand]`` with the rescored candidates first by exact share, and how many of them
+    each head keeps ``[Hq]``."""
+    hq, hkv = cap.q.shape[0], k64.shape[1]
+    n_c = min(geom.n_cand, max(geom.k_sel, math.ceil(m.cfg.rescore * geom.k_sel)))
+    if n_c <= geom.k_sel:
+        return order, None
+    with np.errstate(invalid="ignore"):  # unused cells may hold NaN keys
+        logits = np.where(valid[None, :], _exact_logits(cap, k64, np.arange(len(valid))), -np.inf)
+    ranked, keep, _ = ref.mass_target_select(
+        order[:, :n_c],
+        logits,
+        geom.always(len(valid)),
+        geom.seg_len,
+        geom.n_sink,
+        m.cfg.shared_gqa,
+        hq // hkv,
+        geom.k_sel,
+        m.cfg.mass_target,
+    )
+    out = order.copy()
+    out[:, :n_c] = ranked
+    return out, keep
 
 
 def twostage_order(

@@ -365,6 +365,54 @@ def rescore_scores(
     return _share_scores(ex, g) if shared else ex
 
 
+def mass_target_select(
+    cand: np.ndarray,
+    logits: np.ndarray,
+    always: np.ndarray,
+    seg_len: int,
+    n_sink: int,
+    shared: bool,
+    g: int,
+    top_k: int,
+    p: float,
+    sinks: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage two with a mass target: the candidates ``cand: [Hq, n_c]`` ordered best first, how many of
+    them each head keeps and their shares in that order, ``([Hq, n_c], [Hq], [Hq, n_c])``.
+
+    Each head's exact masses are taken as shares of all the mass the two stages know of: the candidates
+    (past the sinks) plus the always-attended cells ``always: [n_kv]`` bool (sinks, recent segments, tail)
+    and the sink logit ``sinks: [Hq]``. Shared selection ranks by the group's summed share. Past the ``top_k``
+    best, candidates are kept while the kept share plus the always-attended share is below ``p`` (``p * g``
+    summed over a shared group), up to all ``n_c`` (all of them at ``p = 1``). ``logits: [Hq, n_kv]``.
+    """
+    hq, n_c = cand.shape
+    L = seg_len
+    cand = np.sort(cand, axis=1)  # ties break by segment after a stable sort
+    cells = cand[:, :, None] * L + np.arange(L)[None, None, :]  # [Hq, n_c, L]
+    lg = np.take_along_axis(logits, cells.reshape(hq, -1), axis=1).reshape(cells.shape)
+    ex = _logsumexp(np.where(cells < n_sink, -np.inf, lg), axis=2)  # [Hq, n_c] log mass per candidate
+    al = _logsumexp(np.where(always[None, :], logits, -np.inf), axis=1)  # [Hq] always-attended log mass
+    if sinks is not None:
+        al = np.logaddexp(al, np.asarray(sinks, dtype=np.float64))
+    tot = np.logaddexp(_logsumexp(ex, axis=1), al)  # [Hq] all the mass the stages know of
+    ok = np.isfinite(tot)
+    share = np.where(ok[:, None], np.exp(ex - np.where(ok, tot, 0.0)[:, None]), 0.0)  # [Hq, n_c]
+    base = np.where(ok, np.exp(al - np.where(ok, tot, 0.0)), 0.0)  # [Hq]
+    target = p
+    if shared:
+        share = np.repeat(share.reshape(hq // g, g, n_c).sum(axis=1), g, axis=0)
+        base = np.repeat(base.reshape(hq // g, g).sum(axis=1), g)
+        target = p * g
+    order = np.argsort(-share, axis=1, kind="stable")  # [Hq, n_c]
+    ranked = np.take_along_axis(cand, order, axis=1)
+    ranked_share = np.take_along_axis(share, order, axis=1)  # [Hq, n_c] best first
+    kept = base[:, None] + np.cumsum(ranked_share, axis=1)  # [Hq, n_c] share after j + 1 kept
+    pre = np.concatenate([base[:, None], kept], axis=1)  # [Hq, n_c + 1] share after c kept
+    need = (pre < target).sum(axis=1) if p < 1 else np.full(hq, n_c)  # the first count reaching the target
+    return ranked, np.clip(np.maximum(need, top_k), 0, n_c).astype(np.int64), ranked_share
+
+
 def radar_attention(
     q: np.ndarray,
     k: np.ndarray,
@@ -384,6 +432,7 @@ def radar_attention(
     max_bias: float = 0.0,
     sinks: Optional[np.ndarray] = None,
     n_rescore: int = 0,
+    mass_target: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Radar decode attention for one token of one stream (steps 1-4 of ``docs/radar-ops.md``).
 
@@ -391,7 +440,8 @@ def radar_attention(
     mask (0 / -inf / ALiBi distances; valid = finite) or a bool validity array; ``summaries:
     [n_seg, Hkv, W]`` as produced by :func:`summarize` (``None``: computed here from ``k`` and the mask);
     ``sinks: [Hq]`` optional sink logits. ``n_rescore > top_k``: two-stage selection, the ``n_rescore`` best
-    candidates by score are rescored exactly (:func:`rescore_exact`) and the ``top_k`` best of those kept.
+    candidates by score are rescored exactly (:func:`rescore_exact`) and the ``top_k`` best of those kept;
+    with ``mass_target`` p > 0 more of them are kept until they hold the share p (:func:`mass_target_select`).
 
     Returns ``(out [Hq, Dv] float32, selected)`` where ``selected[h]`` is the sorted int array of the
     segment ids kept for query head ``h``: the ``top_k`` chosen candidates plus the forced recent ones.
@@ -429,9 +479,17 @@ def radar_attention(
             sc = _share_scores(sc, g)
         order = np.argsort(-sc, axis=1, kind="stable")  # [Hq, n_cand]
         n_c = min(n_rescore, n_cand) if n_rescore > top_k else top_k
-        if n_c > top_k:
+        keep = np.full(hq, max(top_k, 0))  # [Hq] candidates kept per head
+        if n_c > top_k and mass_target > 0:
+            always = np.zeros(n_kv, dtype=bool)  # [n_kv] cells attended whatever the selection
+            always[: min(max(n_sink, 0), n_seg * L)] = True
+            always[n_cand * L :] = True
+            order, keep, _ = mass_target_select(
+                order[:, :n_c], logits, always, L, n_sink, shared, g, top_k, mass_target, sinks
+            )  # [Hq, n_c], [Hq]
+        elif n_c > top_k:
             order = rescore_exact(order[:, :n_c], logits, L, n_sink, shared, g)  # [Hq, n_c]
-        chosen = [order[h, : max(top_k, 0)] for h in range(hq)]
+        chosen = [order[h, : keep[h]] for h in range(hq)]
     selected = [np.sort(np.concatenate([c, recent])).astype(np.int64) for c in chosen]
 
     # 3. attended cells: sinks U kept segments U tail, each once

@@ -240,6 +240,7 @@ def kernel_check(
         cap.softcap,
         cap.max_bias,
         n_rescore=cap.n_rescore,
+        mass_target=cap.mass_target,
     )
     res["out_err"] = float(np.abs(out - cap.out).max() / max(1e-30, float(np.abs(cap.out).max())))
     return res
@@ -290,9 +291,10 @@ def analyse_step(
             kept = geom.k_sel if n_sel is None else float(n_sel.mean())
             met["attended"] = float(geom.always(n_kv)[valid].sum() + kept * L)
             met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g, n_sel)
-            # keys read to score exactly beyond the attended cells (two-stage), per head
-            n_c = min(geom.n_cand, max(geom.k_sel, int(m.option("cand") * geom.k_sel)))
-            met["keys_scored"] = float((n_c - geom.k_sel) * L) if m.kind == "twostage" else 0.0
+            # keys read to score exactly beyond the attended cells (two stages), per head
+            cand = m.option("cand") if m.kind == "twostage" else m.cfg.rescore if m.cfg.rescore > 1 else 0.0
+            n_c = min(geom.n_cand, max(geom.k_sel, math.ceil(cand * geom.k_sel)))
+            met["keys_scored"] = float(max(0.0, (n_c - kept) * L)) if cand else 0.0
             per[m.spec] = met
             res["geometry"][m.spec] = {
                 "seg_len": L,
@@ -418,7 +420,8 @@ def kv_bytes_per_step(
     every summarized segment (``W`` values of ``summary_type``: 2D+1, or 2m+1 for rf), plus with
     ``rescore`` the keys (K only) of the candidates stage two scores exactly: ``ceil(rescore * top_k)``
     segments per head (per-head: the ``G`` heads' candidates disjoint), counted apart from the attended
-    cells (an upper bound: a kept segment's keys are read twice).
+    cells (an upper bound: a kept segment's keys are read twice). With a mass target a head attends from
+    ``top_k`` up to all of its candidates: the bound counts all of them.
     """
     dv = head_dim_v or head_dim
     row = (head_dim + dv) * kv_bytes  # K+V bytes of one cell, one KV head
@@ -436,16 +439,17 @@ def kv_bytes_per_step(
     n_cand = n_seg - r
     g = 1 if cfg.shared_gqa else n_head // n_head_kv
     always = min(cfg.n_sink, n_seg * L) + (n_kv - n_cand * L)
+    n_resc = min(n_cand, math.ceil(cfg.rescore * top_k)) if cfg.rescore > 1 else 0
+    k_att = n_resc if cfg.mass_target > 0 and n_resc > top_k else top_k  # segments a head attends at most
     cells = union_cells_per_kv_head
     if cells is None:
-        cells = always + min(n_cand, g * min(top_k, n_cand)) * L
+        cells = always + min(n_cand, g * min(k_att, n_cand)) * L
     w = ref.summary_width(cfg.score_id, head_dim, cfg.n_feat)
     summ = (
         n_layer * n_head_kv * n_seg * w * (2.0 if cfg.summary_type == "f16" else 4.0)
         if cfg.score != "oracle"
         else n_layer * n_head_kv * n_kv * head_dim * kv_bytes
     )
-    n_resc = min(n_cand, math.ceil(cfg.rescore * top_k)) if cfg.rescore > 1 else 0
     resc = 0.0
     if n_cand > top_k and n_resc > top_k:
         resc = n_layer * n_head_kv * min(n_cand, g * n_resc) * L * head_dim * kv_bytes

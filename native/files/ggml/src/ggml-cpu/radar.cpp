@@ -210,7 +210,8 @@ size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
     const int64_t m     = dst->src[6] ? dst->src[6]->ne[1] : 0;
     const int64_t W     = dst->src[4]->ne[0];
     const int64_t L     = ggml_get_op_params_i32(dst, 1);
-    return (G + 3)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + L + 2*CACHE_LINE_SIZE_F32 + 16;
+    const int64_t n_c   = MIN((int64_t) ggml_get_op_params_i32(dst, 9), n_seg); // rescored candidates
+    return (G + 4)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + L + n_c*L + 2*CACHE_LINE_SIZE_F32 + 16;
 }
 
 // shared by the threads, after their own buffers: the segment scores of every query head
@@ -286,6 +287,7 @@ void ggml_compute_forward_radar_attn(
     const float   max_bias = ggml_get_op_params_f32(dst, 7);
     const float   softcap  = ggml_get_op_params_f32(dst, 8);
     const int64_t n_rescore = ggml_get_op_params_i32(dst, 9);
+    const float   mass      = ggml_get_op_params_f32(dst, 10);
 
     GGML_TENSOR_LOCALS(int64_t, neq, q,   ne)
     GGML_TENSOR_LOCALS(size_t,  nbq, q,   nb)
@@ -342,6 +344,8 @@ void ggml_compute_forward_radar_attn(
     float * q2g    = qg + G*DK;                      // [G, DK] their squares
     void  * Q_q    = (void *) (q2g + G*DK + CACHE_LINE_SIZE_F32); // [DK] query in K's vec-dot type
     float * lseg   = (float *) Q_q + DK;             // [L] the logits of one segment
+    float * clog   = lseg + L;                       // [n_rescore, L] the head's logits of its rescored candidates
+    int32_t * cpos = (int32_t *) (clog + MIN(n_rescore, n_seg_cap)*L); // [n_seg_cap] 1 + slot in clog, 0: none
 
     // MEAN, MEANVAR, MINMAX: scores of all query heads, computed per KV group before the selection,
     // so that each summary row is read once per group (not once per query head); [ns, n_hq, n_seg_cap]
@@ -371,12 +375,17 @@ void ggml_compute_forward_radar_attn(
 
     // log of the exact attention mass of cells [c0, c1) (at most one segment) for the query in Q_q;
     // -INF when all are masked. The logits first, then one vectorized exp-sum
-    auto cells_lse = [&](const char * mp, float slope, int64_t c0, int64_t c1, int64_t hk, int64_t st) -> float {
+    // (a copy of the logits into keep_logits when given)
+    auto cells_lse = [&](const char * mp, float slope, int64_t c0, int64_t c1, int64_t hk, int64_t st,
+                         float * keep_logits = nullptr) -> float {
         const int64_t n  = c1 - c0;
         float         mx = -INFINITY;
         for (int64_t i = 0; i < n; ++i) {
             lseg[i] = logit(mp, slope, c0 + i, hk, st);
             mx = MAX(mx, lseg[i]);
+        }
+        if (keep_logits) {
+            memcpy(keep_logits, lseg, n*sizeof(float));
         }
         if (mx == -INFINITY) {
             return -INFINITY;
@@ -389,6 +398,20 @@ void ggml_compute_forward_radar_attn(
     auto log_add = [](float a, float b) -> float {
         const float hi = MAX(a, b);
         return hi == -INFINITY ? -INFINITY : hi + log1pf(expf(MIN(a, b) - hi));
+    };
+
+    // log of the exact mass of the cells attended whatever the selection: the sinks, the recent segments
+    // [n_cand, n_seg) and the tail past the last whole segment
+    auto always_lse = [&](const char * mp, float slope, int64_t n_seg, int64_t n_cand, int64_t hk, int64_t st) -> float {
+        const int64_t sink_end = MIN(n_sink, n_seg*L);
+        float r = -INFINITY;
+        for (int64_t c = 0; c < sink_end; c += L) {
+            r = log_add(r, cells_lse(mp, slope, c, MIN(c + L, sink_end), hk, st));
+        }
+        for (int64_t c = MAX(n_cand*L, sink_end); c < n_kv; c += L) {
+            r = log_add(r, cells_lse(mp, slope, c, MIN(c + L, n_kv), hk, st));
+        }
+        return r;
     };
 
     // summary row of segment sg of kv head hk as f32 (f16 rows are widened into srow)
@@ -494,6 +517,7 @@ void ggml_compute_forward_radar_attn(
 
         // 1. choose segments
         memset(keep, 1, n_seg);
+        memset(cpos, 0, n_seg*sizeof(int32_t));
         if (n_cand > top_k) {
             if (shared) {
                 // summed attention share of the group: logsumexp_h (score_h - lse_h)
@@ -533,25 +557,42 @@ void ggml_compute_forward_radar_attn(
             // two stages: the n_c best by summary score are rescored exactly, then the top_k of them are kept
             const int64_t n_c = n_rescore > top_k ? MIN(n_rescore, n_cand) : top_k;
             std::nth_element(idx, idx + n_c, idx + n_cand, better);
+            int64_t n_keep = top_k;
             if (n_c > top_k) {
                 // exact log mass of each candidate's non-sink cells (the sinks are attended anyway);
-                // shared: the group's summed share, logsumexp_h (exact_h - logsumexp over the candidates)
+                // shared: the group's summed share, logsumexp_h (exact_h - logsumexp over the candidates).
+                // With a mass target the shares are of all the mass the two stages know of instead (the
+                // candidates plus the always-attended cells), and `known` sums what is kept anyway
                 const int64_t h0 = shared ? hk*G : h;
                 const int64_t h1 = shared ? h0 + G : h + 1;
                 for (int64_t i = 0; i < n_c; ++i) {
                     shs[idx[i]] = -INFINITY;
                 }
+                float known = -INFINITY; // log of the always-attended share, summed over the heads
                 for (int64_t hh = h0; hh < h1; ++hh) {
                     q_to_vec_dot((const float *) ((const char *) q->data + hh*nbq2 + st*nbq3), Q_q, DK);
                     const float slope = slope_of(hh);
                     float * ex = scores; // [n_c] this head's exact scores
                     float   lse = -INFINITY;
                     for (int64_t i = 0; i < n_c; ++i) {
+                        // the own head's logits are kept: the attention below reuses them (the same q, the same
+                        // function, so the same values) instead of computing them again
                         const int64_t sg = idx[i];
-                        ex[i] = cells_lse(mp, slope, MAX(sg*L, n_sink), (sg + 1)*L, hk, st);
+                        ex[i] = cells_lse(mp, slope, MAX(sg*L, n_sink), (sg + 1)*L, hk, st, hh == h ? clog + i*L : nullptr);
                         lse   = log_add(lse, ex[i]);
+                        if (hh == h) {
+                            cpos[sg] = (int32_t) (i + 1);
+                        }
                     }
-                    if (!shared) {
+                    if (mass > 0.0f) {
+                        float al = always_lse(mp, slope, n_seg, n_cand, hk, st);
+                        if (sinks) {
+                            al = log_add(al, ((const float *) sinks->data)[hh]);
+                        }
+                        lse   = log_add(lse, al);
+                        known = log_add(known, al - lse);
+                    }
+                    if (!shared && mass == 0.0f) {
                         for (int64_t i = 0; i < n_c; ++i) {
                             shs[idx[i]] = ex[i];
                         }
@@ -561,9 +602,23 @@ void ggml_compute_forward_radar_attn(
                         }
                     }
                 }
-                std::nth_element(idx, idx + top_k, idx + n_c, better);
+                if (mass > 0.0f) {
+                    // best first; past top_k, keep while the kept share is below the target (all of them
+                    // at p = 1, which rounding in the sums could otherwise cut short)
+                    std::sort(idx, idx + n_c, better);
+                    const float target = logf(mass*(float) (h1 - h0));
+                    for (int64_t i = 0; i < n_c; ++i) {
+                        if (i >= top_k && mass < 1.0f && known >= target) {
+                            break;
+                        }
+                        known  = log_add(known, shs[idx[i]]);
+                        n_keep = i + 1;
+                    }
+                } else {
+                    std::nth_element(idx, idx + top_k, idx + n_c, better);
+                }
             }
-            for (int64_t i = 0; i < top_k; ++i) {
+            for (int64_t i = 0; i < n_keep; ++i) {
                 keep[idx[i]] = 1;
             }
         }
@@ -578,8 +633,7 @@ void ggml_compute_forward_radar_attn(
         float M = -INFINITY;
         memset(VKQ32, 0, DV*sizeof(float));
 
-        auto attend = [&](int64_t c) {
-            const float l = logit(mp, slope, c, hk, st);
+        auto attend_l = [&](int64_t c, float l) {
             if (l == -INFINITY) {
                 return;
             }
@@ -604,6 +658,9 @@ void ggml_compute_forward_radar_attn(
             }
             S = S*ms + vs;
         };
+        auto attend = [&](int64_t c) {
+            attend_l(c, logit(mp, slope, c, hk, st));
+        };
 
         const int64_t sink_end = MIN(n_sink, n_seg*L);
         for (int64_t c = 0; c < sink_end; ++c) {
@@ -613,7 +670,15 @@ void ggml_compute_forward_radar_attn(
             if (!keep[sg]) {
                 continue;
             }
-            for (int64_t c = MAX(sg*L, sink_end); c < (sg + 1)*L; ++c) {
+            const int64_t c0 = MAX(sg*L, sink_end);
+            if (cpos[sg] && c0 == MAX(sg*L, n_sink)) { // rescored: its logits are known
+                const float * lg = clog + (int64_t) (cpos[sg] - 1)*L;
+                for (int64_t c = c0; c < (sg + 1)*L; ++c) {
+                    attend_l(c, lg[c - c0]);
+                }
+                continue;
+            }
+            for (int64_t c = c0; c < (sg + 1)*L; ++c) {
                 attend(c);
             }
         }

@@ -25,6 +25,7 @@
 #define RADAR_RESCORE_NTHREADS     128 // threads of radar_rescore, one block per candidate and query head
 #define RADAR_SELECT_NTHREADS      256
 #define RADAR_SELECT_SMEM_MAX    32768 // bytes of dynamic shared memory for the keys of radar_select
+#define RADAR_MASS_MAX_CAND       2048 // candidates of stage two with a mass target (sorted in shared memory)
 #define RADAR_SELECT_SMALL_K        32 // top-k up to this: radar_top_k_hist, which radar_attn_kernel runs itself
 #define RADAR_SELECT_BINS_LOG2      10 // bins of radar_top_k_threshold: 10 bits of the key per pass
 #define RADAR_ATTN_SEL_MAX          64 // kept segments (top-k + recent) up to this: radar_attn_kernel selects itself
@@ -50,6 +51,7 @@ struct radar_attn_params {
     int    * sel;            // [1 + n_seg_cap, n_sel_items, ns] number of kept segments, then their ids
     int    * cand;           // [1 + n_rescore, n_sel_items, ns] rescore: number of candidates of stage 1, then their ids
     float  * exact;          // [n_rescore, n_hq, ns] rescore: exact score of each candidate of stage 1 per query head
+    float  * always;         // [n_hq, ns] mass target: log mass of the always-attended cells (+ the sink logit)
     float  * dst_parts;      // [D, n_split, n_hq, ns] unnormalized VKQ of each block
     float2 * dst_meta;       // [n_split, n_hq, ns] (max, sum) of each block
     char   * dst;            // [D, n_hq, 1, ns] f32
@@ -66,6 +68,7 @@ struct radar_attn_params {
     int n_kv, n_hq, n_hkv, gqa, n_seg_cap, W, m;
     int L, top_k, n_sink, n_recent;
     int n_rescore;           // two-stage selection: candidates of stage 1, min(op param 9, segments); 0: one stage
+    float mass;              // mass target of stage two (op param 10); 0: keep top_k
     int score;
     bool shared, mask_f16;
     bool s_f16;              // summaries stored as half

@@ -284,19 +284,25 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
     __shared__ float2 red_sh[nwarps];
 
-    // the candidate's id is read together with the counts (an entry past the list is never used)
+    // the candidate's id is read together with the counts (an entry past the list is never used). With a
+    // mass target, block i == n_rescore scores the always-attended cells instead: the sinks [0, n0) and the
+    // recent segments with the tail [c1, n_kv), laid end to end as cells [0, n0 + n_kv - c1)
+    const bool         alw  = i == p.n_rescore;
     const int          item = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
-    const int          sg   = p.cand[(int64_t) item*(p.n_rescore + 1) + 1 + i];
+    const int          sg   = alw ? 0 : p.cand[(int64_t) item*(p.n_rescore + 1) + 1 + i];
     const radar_counts cnt  = radar_get_counts(p, st);
-    if (cnt.n_cand <= p.top_k || i >= min(p.n_rescore, cnt.n_cand)) {
+    if (cnt.n_cand <= p.top_k || (!alw && i >= min(p.n_rescore, cnt.n_cand))) {
         return;
     }
 
     const float  slope = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
     const char * K     = p.k    + hk*p.nbk2 + st*p.nbk3;
     const char * mrow  = p.mask + st*p.nbm3;
-    const int    c_beg = max(sg*p.L, p.n_sink);
-    const int    c_end = (sg + 1)*p.L;
+    const int    n0    = min(p.n_sink, cnt.n_seg*p.L);
+    const int    c1    = max(cnt.n_cand*p.L, n0);
+    const int    c_beg = alw ? 0 : max(sg*p.L, p.n_sink);
+    const int    c_end = alw ? n0 + p.n_kv - c1 : (sg + 1)*p.L;
+    const int    c_gap = alw ? c1 - n0 : 0; // cells [n0, c_end) lie c_gap further on
 
     // online softmax over the batches; every lane of a K row holds the same values
     float mx  = -INFINITY;
@@ -308,8 +314,9 @@ static __global__ void radar_rescore(const radar_attn_params p) {
         for (int j = 0; j < BK; ++j) {
             const int  c  = cb + j*RB + rk;
             const bool in = c < c_end;
-            mv[j] = in ? radar_mask_value(mrow, c, p.mask_f16) : -INFINITY;
-            kr[j].load(K + (int64_t) (in ? c : 0)*p.nbk1, il, in);
+            const int  cc = c < n0 ? c : c + c_gap;
+            mv[j] = in ? radar_mask_value(mrow, cc, p.mask_f16) : -INFINITY;
+            kr[j].load(K + (int64_t) (in ? cc : 0)*p.nbk1, il, in);
         }
         if (cb == c_beg) {
             // the query, while the first batch of K rows is on its way
@@ -355,7 +362,14 @@ static __global__ void radar_rescore(const radar_attn_params p) {
                 mx  = mn;
             }
         }
-        p.exact[((int64_t) st*p.n_hq + h)*p.n_rescore + i] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+        const float r = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+        if (!alw) {
+            p.exact[((int64_t) st*p.n_hq + h)*p.n_rescore + i] = r;
+        } else {
+            const float s  = p.sinks ? p.sinks[h] : -INFINITY; // a sink logit is mass that is always there
+            const float hi = fmaxf(r, s);
+            p.always[(int64_t) st*p.n_hq + h] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(fminf(r, s) - hi));
+        }
     }
 }
 
@@ -551,9 +565,168 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
     }
 }
 
+// stage two with a mass target (p.mass > 0): each head's exact scores of its candidates (p.cand, p.exact) and
+// the mass of its always-attended cells (p.always) become shares of all the mass the two stages know of,
+// summed over the group when shared; the candidates are ranked by share (ties to the lower segment) with a
+// bitonic sort in shared memory, the top_k best kept, then more while the kept share is below p.mass (p.mass
+// times the group size when shared), up to all of them (all of them at p.mass = 1). Writes p.sel as
+// radar_select does: the count, the kept segments ascending, then the recent ones. One block per selection;
+// dynamic shared memory: n_pow2 sort keys (8 bytes) + n_rescore floats, n_rescore <= RADAR_MASS_MAX_CAND.
+__launch_bounds__(RADAR_SELECT_NTHREADS)
+static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2) {
+    constexpr int nthreads = RADAR_SELECT_NTHREADS;
+    constexpr int nwarps   = nthreads/WARP_SIZE;
+
+    const int item = blockIdx.x;
+    const int st   = blockIdx.y;
+    const int tid  = threadIdx.x;
+
+    extern __shared__ uint64_t mkeys[];   // [n_pow2] (share bits << 32) | ~index, sorted descending
+    float * share = (float *) (mkeys + n_pow2); // [n_rescore] summed share of each candidate, then kept flags
+    __shared__ float red_f[nwarps];
+    __shared__ int   red_i[nwarps];
+    __shared__ float part_sh[nthreads];
+    __shared__ int   cut_sh;
+
+    const int n_items = p.shared ? p.n_hkv : p.n_hq;
+    int * out = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
+
+    const radar_counts cnt = radar_get_counts(p, st);
+    const int n_cand = cnt.n_cand;
+    const int n_in   = min(p.n_rescore, n_cand);
+    if (n_cand <= p.top_k) {
+        for (int i = tid; i < cnt.n_seg; i += nthreads) {
+            out[1 + i] = i; // every segment
+        }
+        if (tid == 0) {
+            out[0] = cnt.n_seg;
+        }
+        return;
+    }
+    const int * cand = p.cand + ((int64_t) st*n_items + item)*(p.n_rescore + 1) + 1;
+
+    // shares: exp(exact - T) with T = logsumexp(exact over the candidates, always), summed over the heads
+    for (int i = tid; i < n_in; i += nthreads) {
+        share[i] = 0.0f;
+    }
+    float base = 0.0f; // share of the always-attended cells (the same in every thread)
+    const int h0 = p.shared ? item*p.gqa : item;
+    const int nh = p.shared ? p.gqa : 1;
+    for (int g = 0; g < nh; ++g) {
+        const float * ex = p.exact + ((int64_t) st*p.n_hq + h0 + g)*p.n_rescore;
+        const float   al = p.always[(int64_t) st*p.n_hq + h0 + g];
+        float mx = al;
+        for (int i = tid; i < n_in; i += nthreads) {
+            mx = fmaxf(mx, ex[i]);
+        }
+        mx = radar_block_max(mx, red_f);
+        if (mx == -INFINITY) {
+            continue;
+        }
+        float sum = 0.0f;
+        for (int i = tid; i < n_in; i += nthreads) {
+            sum += expf(ex[i] - mx);
+        }
+        const float tot = mx + logf(radar_block_sum(sum, red_f) + expf(al - mx));
+        for (int i = tid; i < n_in; i += nthreads) {
+            share[i] += expf(ex[i] - tot);
+        }
+        base += expf(al - tot);
+    }
+    __syncthreads();
+
+    // best first: shares are >= 0, so their bits order like them; ~index puts the lower index first on ties
+    for (int i = tid; i < n_pow2; i += nthreads) {
+        mkeys[i] = i < n_in ? ((uint64_t) __float_as_uint(share[i]) << 32) | (uint32_t) ~i : 0;
+    }
+    __syncthreads();
+    for (int k = 2; k <= n_pow2; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = tid; i < n_pow2; i += nthreads) {
+                const int ij = i ^ j;
+                if (ij > i) {
+                    const uint64_t a = mkeys[i];
+                    const uint64_t b = mkeys[ij];
+                    if ((i & k) == 0 ? a < b : a > b) {
+                        mkeys[i]  = b;
+                        mkeys[ij] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+
+    // the first count whose kept share reaches the target: base + the shares before it, each thread taking a
+    // contiguous range of the ranking
+    const float target = p.mass*nh;
+    const int   per    = (n_in + nthreads - 1)/nthreads;
+    const int   j_beg  = min(tid*per, n_in);
+    const int   j_end  = min(j_beg + per, n_in);
+    float part = 0.0f;
+    for (int j = j_beg; j < j_end; ++j) {
+        part += __uint_as_float((uint32_t) (mkeys[j] >> 32));
+    }
+    part_sh[tid] = part;
+    if (tid == 0) {
+        cut_sh = n_in;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        float run = base; // exclusive prefix of the thread ranges, from base
+        for (int t = 0; t < nthreads; ++t) {
+            const float x = part_sh[t];
+            part_sh[t] = run;
+            run += x;
+        }
+    }
+    __syncthreads();
+    if (p.mass < 1.0f) {
+        float known = part_sh[tid];
+        for (int j = j_beg; j < j_end; ++j) {
+            if (known >= target) {
+                atomicMin(&cut_sh, j);
+                break;
+            }
+            known += __uint_as_float((uint32_t) (mkeys[j] >> 32));
+        }
+    }
+    __syncthreads();
+    const int n_keep = p.mass < 1.0f ? min(n_in, max(p.top_k, cut_sh)) : n_in;
+
+    // flags of the kept candidates, then their segments in ascending order (the candidate lists ascend)
+    int * kept = (int *) share;
+    for (int i = tid; i < n_in; i += nthreads) {
+        kept[i] = 0;
+    }
+    __syncthreads();
+    for (int j = tid; j < n_keep; j += nthreads) {
+        kept[(int) ~(uint32_t) mkeys[j]] = 1;
+    }
+    __syncthreads();
+    int n_mine = 0;
+    for (int i = j_beg; i < j_end; ++i) {
+        n_mine += kept[i];
+    }
+    int total;
+    int pos = radar_block_scan(n_mine, red_i, total);
+    for (int i = j_beg; i < j_end; ++i) {
+        if (kept[i]) {
+            out[1 + pos++] = cand[i];
+        }
+    }
+    const int n_recent_seg = cnt.n_seg - n_cand;
+    for (int i = tid; i < n_recent_seg; i += nthreads) {
+        out[1 + n_keep + i] = n_cand + i;
+    }
+    if (tid == 0) {
+        out[0] = n_keep + n_recent_seg;
+    }
+}
+
 template <int D>
 static void radar_rescore_launch_D(const ggml_type type_K, const radar_attn_params & p, const int ns, cudaStream_t stream) {
-    const dim3 grid(p.n_rescore, p.n_hq, ns);
+    const dim3 grid(p.n_rescore + (p.mass > 0.0f), p.n_hq, ns); // + the always-attended cells (mass target)
     switch (type_K) {
         case GGML_TYPE_F32:  radar_rescore<D, GGML_TYPE_F32> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
         case GGML_TYPE_F16:  radar_rescore<D, GGML_TYPE_F16> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
@@ -615,7 +788,14 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const radar_
             case 256: radar_rescore_launch_D<256>(type_K, p, ns, stream); break;
             default: GGML_ABORT("fatal error");
         }
-        if (!p.select_in_attn) {
+        if (p.mass > 0.0f) {
+            int n_pow2 = 1;
+            while (n_pow2 < p.n_rescore) {
+                n_pow2 *= 2;
+            }
+            const size_t smem_mass = n_pow2*sizeof(uint64_t) + p.n_rescore*sizeof(float);
+            radar_select_mass<<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2);
+        } else if (!p.select_in_attn) {
             radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
                 p, p.exact, p.n_rescore, p.cand, p.sel, p.n_seg_cap + 1, p.top_k, true);
         }

@@ -74,6 +74,8 @@ bool ggml_cuda_radar_supported(const ggml_tensor * op) {
                 info->type == GGML_TYPE_I32 &&
                 radar_omega_supported(omega, score, k->ne[0]) &&
                 (sinks == nullptr || sinks->type == GGML_TYPE_F32) &&
+                // a mass target sorts its candidates in shared memory
+                (ggml_get_op_params_f32(op, 10) == 0.0f || ggml_get_op_params_i32(op, 9) <= RADAR_MASS_MAX_CAND) &&
                 op->type == GGML_TYPE_F32 && ggml_is_contiguous(op);
         }
         default:
@@ -210,6 +212,8 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     // (with top_k = 0 nothing is kept whatever the scores: one stage)
     const int n_rescore = ggml_get_op_params_i32(dst, 9);
     p.n_rescore = need_select && p.top_k > 0 && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
+    // mass target: stage two keeps from top_k up to all n_rescore candidates, chosen by radar_select_mass
+    p.mass = p.n_rescore > 0 ? ggml_get_op_params_f32(dst, 10) : 0.0f;
 
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
     ggml_cuda_pool & pool = ctx.pool();
@@ -217,6 +221,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     ggml_cuda_pool_alloc<int>    sel_alloc(pool);
     ggml_cuda_pool_alloc<int>    cand_alloc(pool);
     ggml_cuda_pool_alloc<float>  exact_alloc(pool);
+    ggml_cuda_pool_alloc<float>  always_alloc(pool);
     ggml_cuda_pool_alloc<float>  comb_alloc(pool);
     ggml_cuda_pool_alloc<float>  lq_alloc(pool);
     ggml_cuda_pool_alloc<float>  parts_alloc(pool);
@@ -229,7 +234,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
         // scores of the candidates) when the selection is per head and small, and its keys fit
         const int64_t n_attn_keys = p.n_rescore > 0 ? p.n_rescore : p.n_seg_cap;
         p.select_smem    = p.n_seg_cap*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX;
-        p.select_in_attn = !p.shared && n_attn_keys*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX &&
+        p.select_in_attn = !p.shared && p.mass == 0.0f && n_attn_keys*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX &&
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
@@ -239,6 +244,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
         if (p.n_rescore > 0) {
             p.cand  = cand_alloc.alloc(ns*n_items*(p.n_rescore + 1));
             p.exact = exact_alloc.alloc(ns*n_hq*p.n_rescore);
+            if (p.mass > 0.0f) {
+                p.always = always_alloc.alloc(ns*n_hq);
+            }
         }
         if (p.shared) {
             p.comb = comb_alloc.alloc(ns*n_hkv*p.n_seg_cap);
@@ -256,7 +264,8 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     int64_t       n_att_est = n_kv + std::min((int64_t) p.n_sink, n_kv);
     if (need_select) {
         const int64_t n_recent_seg = ((int64_t) p.n_recent + p.L - 1)/p.L;
-        n_att_est = std::min(n_att_est, p.n_sink + (p.top_k + n_recent_seg + 1)*p.L + 256);
+        const int64_t n_kept_max = p.mass > 0.0f ? p.n_rescore : p.top_k; // a mass target keeps up to all candidates
+        n_att_est = std::min(n_att_est, p.n_sink + (n_kept_max + n_recent_seg + 1)*p.L + 256);
     }
     const int64_t n_tiles   = (n_att_est + RADAR_ATTN_TILE - 1)/RADAR_ATTN_TILE;
     const int64_t n_heads   = n_hq*ns;

@@ -31,8 +31,9 @@ def make_case(seed, d, ratio, n_kv=2048, hkv=2, holes=True, q_scale=2.0):
     return q, k, v, mask, used
 
 
-def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_type, **kw):
-    return R.radar_attention(
+def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_type, selection=False, **kw):
+    """NumPy's output for the op's inputs (with ``selection``: also the segments each head kept)."""
+    res = R.radar_attention(
         q,
         dequant(k, kv_type),
         dequant(v, kv_type),
@@ -46,7 +47,8 @@ def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_
         score,
         scale,
         **kw,
-    )[0]
+    )
+    return res if selection else res[0]
 
 
 @pytest.mark.parametrize("d", [64, 128, 256])
@@ -433,19 +435,19 @@ def test_mass_target_matches_reference(shared):
     out, s = radar_ops(
         q, k, v, mask, n_seg=n_seg, shared=shared, kv_type=kv_type, n_rescore=n_rescore, mass_target=p, **kw
     )
-    ref, sel = R.radar_attention(
+    ref, sel = reference(
         q,
-        dequant(k, kv_type),
-        dequant(v, kv_type),
+        k,
+        v,
         mask,
-        s.astype(np.float64),
+        s,
         n_seg,
         seg_len,
         top_k,
-        1,
-        32,
         R.SCORE_MEANVAR,
         64**-0.5,
+        kv_type,
+        selection=True,
         shared=shared,
         n_rescore=n_rescore,
         mass_target=p,

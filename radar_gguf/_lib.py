@@ -131,6 +131,11 @@ def radar_defaults() -> RadarConfig:
     return _from_c(p)
 
 
+def _f32(x: float) -> float:
+    """A C float as the decimal it was set from (0.99f reads back 0.9900000095...; 7 digits hold an f32)."""
+    return float(f"{x:.7g}")
+
+
 def _from_c(p: llama_radar_params) -> RadarConfig:
     from .config import SCORES
 
@@ -142,15 +147,15 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
         token_budget=p.token_budget,
         n_sink=p.n_sink,
         n_recent=p.n_recent,
-        aspect=float(p.aspect),
+        aspect=_f32(p.aspect),
         seg_len_min=p.seg_len_min,
         dense_below=p.dense_below,
         seed=p.seed,
         shared_gqa=bool(p.shared_gqa),
         summary_type={v: k for k, v in SUMMARY_TYPES.items()}[p.summary_type],
-        budget_max_scale=float(p.budget_max_scale),
-        rescore=float(p.rescore),
-        mass_target=float(p.mass_target),
+        budget_max_scale=_f32(p.budget_max_scale),
+        rescore=_f32(p.rescore),
+        mass_target=_f32(p.mass_target),
     )
 
 

@@ -51,6 +51,11 @@ class Geometry:
     def k_sel(self) -> int:
         return min(self.top_k, self.n_cand)
 
+    def n_rescored(self, factor: float) -> int:
+        """Candidates stage two rescores with ``factor`` (``rescore`` or ``cand``): ``ceil(factor * k_sel)``,
+        at least ``k_sel``, at most the candidates."""
+        return min(self.n_cand, max(self.k_sel, math.ceil(factor * self.k_sel)))
+
     def always(self, n_kv: int) -> np.ndarray:
         """``[n_kv]`` bool: sinks, recent segments and tail (attended whatever the selection)."""
         a = np.zeros(n_kv, dtype=bool)
@@ -288,7 +293,7 @@ def mass_target_order(
     the ranking ``[Hq, n_cand]`` with the rescored candidates first by exact share, and how many of them
     each head keeps ``[Hq]``."""
     hq, hkv = cap.q.shape[0], k64.shape[1]
-    n_c = min(geom.n_cand, max(geom.k_sel, math.ceil(m.cfg.rescore * geom.k_sel)))
+    n_c = geom.n_rescored(m.cfg.rescore)
     if n_c <= geom.k_sel:
         return order, None
     with np.errstate(invalid="ignore"):  # unused cells may hold NaN keys
@@ -316,8 +321,8 @@ def twostage_order(
     segment's attention mass from its keys, which stage two reads), and ranked first by that; the rest
     keep the summaries' order. ``[Hq, n_cand]``. Stage two ranks per head (the library's shared mode
     combines the group's exact scores; see ``reference.rescore_exact``)."""
-    L, nc = geom.seg_len, geom.n_cand
-    n_c = min(nc, max(geom.k_sel, math.ceil(cand * geom.k_sel)))
+    L = geom.seg_len
+    n_c = geom.n_rescored(cand)
     hq = order.shape[0]
     out = order.copy()
     for h in range(hq):

@@ -387,11 +387,8 @@ def mass_target_select(
     summed over a shared group), up to all ``n_c`` (all of them at ``p = 1``). ``logits: [Hq, n_kv]``.
     """
     hq, n_c = cand.shape
-    L = seg_len
     cand = np.sort(cand, axis=1)  # ties break by segment after a stable sort
-    cells = cand[:, :, None] * L + np.arange(L)[None, None, :]  # [Hq, n_c, L]
-    lg = np.take_along_axis(logits, cells.reshape(hq, -1), axis=1).reshape(cells.shape)
-    ex = _logsumexp(np.where(cells < n_sink, -np.inf, lg), axis=2)  # [Hq, n_c] log mass per candidate
+    ex = rescore_scores(cand, logits, seg_len, n_sink, False, g)  # [Hq, n_c] each head's log mass
     al = _logsumexp(np.where(always[None, :], logits, -np.inf), axis=1)  # [Hq] always-attended log mass
     if sinks is not None:
         al = np.logaddexp(al, np.asarray(sinks, dtype=np.float64))

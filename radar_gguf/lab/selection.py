@@ -293,8 +293,7 @@ def analyse_step(
             met["attended_union"] = union_cells(order, geom, t_valid, 1 if m.cfg.shared_gqa else g, n_sel)
             # keys read to score exactly beyond the attended cells (two stages), per head
             cand = m.option("cand") if m.kind == "twostage" else m.cfg.rescore if m.cfg.rescore > 1 else 0.0
-            n_c = min(geom.n_cand, max(geom.k_sel, math.ceil(cand * geom.k_sel)))
-            met["keys_scored"] = float(max(0.0, (n_c - kept) * L)) if cand else 0.0
+            met["keys_scored"] = float(max(0.0, (geom.n_rescored(cand) - kept) * L)) if cand else 0.0
             per[m.spec] = met
             res["geometry"][m.spec] = {
                 "seg_len": L,

@@ -308,10 +308,29 @@ def add_ppl_args(pp: argparse.ArgumentParser) -> None:
         default=None,
         help="merge records into this JSON list (e.g. docs/results/quality-ppl.json)",
     )
+    pp.add_argument(
+        "--f32-dense",
+        action="store_true",
+        help="score dense attention through llama.cpp's non-flash path (f32 softmax and accumulation) "
+        "against the cached flash-attention dense reference: the reference's own float error",
+    )
+
+
+def _load_for(args: argparse.Namespace, contexts: list, flash_attn: bool = True) -> Any:
+    """The model of an ``eval ppl`` run, dense, with room for the longest context and the scored tokens."""
+    from ..engine import load
+
+    return load(
+        args.model,
+        ctx=contexts[-1] + args.n_score + 16,
+        radar=DENSE,
+        threads=args.threads,
+        gpu_layers=args.gpu_layers,
+        flash_attn=flash_attn,
+    )
 
 
 def main_ppl(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
-    from ..engine import load
 
     specs = config_specs(args.configs, parser)
     if args.n_score < 1 or args.offset < 0:
@@ -319,17 +338,13 @@ def main_ppl(args: argparse.Namespace, parser: argparse.ArgumentParser, command:
     contexts = sizes(args.contexts, parser, "--contexts")
     sources = text_sources(args, parser)
     device = args.device or device_name()
+    if args.f32_dense:
+        return main_f32_dense(args, contexts, sources, device, command)
     if "dense" not in specs and not args.no_dense:
         specs.insert(0, "dense")
     records: list[dict] = []
     rows = []
-    with load(
-        args.model,
-        ctx=contexts[-1] + args.n_score + 16,
-        radar=DENSE,
-        threads=args.threads,
-        gpu_layers=args.gpu_layers,
-    ) as model:
+    with _load_for(args, contexts) as model:
         log(f"# {model.path.name} on {device}: contexts {args.contexts}, {args.n_score} tokens scored")
         for src in sources:
             all_toks = src.tokens(model, contexts[-1] + args.n_score, args.offset)
@@ -363,6 +378,39 @@ def main_ppl(args: argparse.Namespace, parser: argparse.ArgumentParser, command:
                 print_pool(pooled, per_window=False)
     if args.out:
         print(f"records merged into {args.out}")
+    return 0
+
+
+def main_f32_dense(args: argparse.Namespace, contexts: list, sources: list, device: str, command: str) -> int:
+    """``eval ppl --f32-dense``: dense attention without flash attention (llama.cpp's f32 path), scored
+    against the flash-attention dense NLLs an earlier run cached for the same tokens. Radar needs flash
+    attention, so this mode scores dense only; its prefills are cached apart (another KV layout)."""
+
+    records = []
+    f32_cache = None if cache_dir(args) is None else cache_dir(args) / "f32-dense"
+    with _load_for(args, contexts, flash_attn=False) as model:
+        log(f"# {model.path.name} on {device}: dense without flash attention, {args.n_score} tokens scored")
+        for src in sources:
+            all_toks = src.tokens(model, contexts[-1] + args.n_score, args.offset)
+            for n in contexts:
+                toks = all_toks[: n + args.n_score]
+                t0 = time.perf_counter()
+                how = prefill_cached(model, toks[:n], f32_cache)
+                log(f"# {src.name}, {format_size(n)}: {how} in {time.perf_counter() - t0:.0f} s")
+                r = score_continuation(model, toks, n, args.n_score, DENSE)
+                ref = dense_ref_path(model, toks, n, args.n_score, cache_dir(args))
+                ref_nll = _read_dense_ref(ref, log) if ref is not None and ref.exists() else None
+                r.update(mode="dense-f32", config=DENSE, delta_pct=None, delta_se_pct=None)
+                if ref_nll is not None:
+                    r["delta_pct"] = 100.0 * (r["ppl"] / math.exp(sum(ref_nll) / len(ref_nll)) - 1.0)
+                    r["delta_se_pct"] = paired_se_pct(r["nll"], ref_nll)
+                    d = f"{r['delta_pct']:+.2f}% ± {r['delta_se_pct']:.2f} against flash attention"
+                else:
+                    d = "no cached flash-attention reference (run `eval ppl --configs dense` first)"
+                log(f"  dense-f32 ppl {r['ppl']:8.3f} ({d})  {r['wall_s']:.0f} s")
+                records.append(ppl_record(model.path.name, src, n, args, r, device, command))
+                if args.out:
+                    merge_records(args.out, records[-1:], PPL_KEY)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import types
 from functools import lru_cache
 from typing import Any, Optional
 
@@ -114,6 +115,26 @@ def bindings() -> Any:
     lib.llama_radar_memory_totals.argtypes = [ctx_p, ctypes.POINTER(ctypes.c_uint64)]
     lib.llama_radar_memory_totals.restype = None
     return llama_cpp
+
+
+def bundled_program(name: str, env: str) -> tuple[Optional[str], list]:
+    """A llama.cpp program built into the package: ``$env`` if set, else next to ``$LLAMA_CPP_LIB_PATH``'s
+    libraries (a development build), else ``llama_cpp/bin/NAME``. Returns (the first executable one or
+    None, every place looked at)."""
+    import importlib.util
+
+    explicit = os.environ.get(env)
+    cands: list = []
+    if explicit:
+        cands.append(explicit)
+    else:
+        if os.environ.get("LLAMA_CPP_LIB_PATH"):
+            cands.append(os.path.join(os.environ["LLAMA_CPP_LIB_PATH"], name))
+        spec = importlib.util.find_spec("llama_cpp")
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            cands.append(os.path.join(loc, "bin", name))
+    found = next((c for c in cands if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    return found, cands
 
 
 def build_info() -> str:
@@ -245,10 +266,80 @@ def _ggml() -> Any:
         ctypes.POINTER(ctypes.c_size_t),
     ]
     lib.ggml_backend_dev_memory.restype = None
+    lib.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_name.restype = ctypes.c_char_p
+    lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_description.restype = ctypes.c_char_p
+    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
+    lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    lib.ggml_backend_register.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_register.restype = None
     return lib
 
 
 GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU = 1, 2
+
+
+def _is_rpc(lib: Any, dev: int) -> bool:
+    return lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) == b"RPC"
+
+
+def offload_devices(endpoints: tuple) -> Optional[Any]:
+    """The NULL-terminated device list (``llama_model_params.devices``) of a model that offloads to the RPC
+    workers ``endpoints`` (in that order) and the local GPUs, as llama.cpp would choose by default; None
+    while no worker was added to the process (llama.cpp's default then picks the same devices).
+
+    Needed because workers added once stay in ggml's registry: llama.cpp's default would spread every later
+    model over them too, and query them while loading (a lost one would abort the process)."""
+    lib = _ggml()
+    if lib is None:
+        return None
+    rpc_devs: dict = {}
+    gpus, igpus = [], []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if _is_rpc(lib, dev):
+            rpc_devs.setdefault(lib.ggml_backend_dev_description(dev).decode(), []).append(dev)
+        elif lib.ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU:
+            gpus.append(dev)
+        elif lib.ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_IGPU:
+            igpus.append(dev)
+    if not rpc_devs:
+        return None
+    devs = [d for ep in endpoints for d in rpc_devs.get(ep, [])] + (gpus or igpus)
+    return (ctypes.c_void_p * (len(devs) + 1))(*devs, None)
+
+
+@lru_cache(maxsize=1)
+def ggml_rpc() -> Any:
+    """ggml's RPC client, through the backend registry: ``add_server(endpoint) -> reg``, ``register(reg)``,
+    ``remote_type(dev)`` (the kind of device behind an RPC device), ``take_error(buf, size)`` (why a worker
+    was lost, since the last call). RuntimeError if the build has no RPC."""
+    g = _ggml()
+    reg = g.ggml_backend_reg_by_name(b"RPC") if g is not None else None
+    if not reg:
+        raise RuntimeError(
+            "radar_gguf: this build has no RPC backend (it was built with -DRADAR_RPC=OFF); reinstall with `pip install .`"
+        )
+    get = g.ggml_backend_reg_get_proc_address
+    add, remote = get(reg, b"ggml_backend_rpc_add_server"), get(reg, b"ggml_backend_rpc_dev_remote_type")
+    take = get(reg, b"ggml_backend_rpc_take_error")
+    if not add or not remote or not take:
+        raise LibraryError(
+            "radar_gguf: the RPC backend of this build lacks radar_gguf's functions; reinstall"
+        )
+    return types.SimpleNamespace(
+        add_server=ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(add),
+        remote_type=ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(remote),
+        take_error=ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)(take),
+        register=g.ggml_backend_register,
+    )
 
 
 def device_memory() -> Optional[tuple[int, int]]:
@@ -259,6 +350,8 @@ def device_memory() -> Optional[tuple[int, int]]:
     free_sum = total_sum = n = 0
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
+        if _is_rpc(lib, dev):  # a worker's memory is its own (and asking a lost one would abort)
+            continue
         if lib.ggml_backend_dev_type(dev) not in (
             GGML_BACKEND_DEVICE_TYPE_GPU,
             GGML_BACKEND_DEVICE_TYPE_IGPU,

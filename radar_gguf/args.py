@@ -222,13 +222,74 @@ def add_model_args(
         default=ctx_size(ctx_default),
         help="context length, e.g. 32768, 64k, 1m (default: %(default)s)",
     )
-    parser.add_argument(
-        "--gpu-layers", "-ngl", type=gpu_layers_int, default=0, help="layers to offload to the GPU (-1: all)"
-    )
+    add_device_args(parser)
     parser.add_argument(
         "--threads", "-t", type=positive_int, default=None, help="CPU threads (default: all cores)"
     )
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--gpu-layers, --rpc, --tensor-split, --split-mode: where the layers run."""
+    parser.add_argument(
+        "--gpu-layers",
+        "-ngl",
+        type=gpu_layers_int,
+        default=None,
+        help="layers to offload to GPUs and RPC workers (-1: all; default: 0, or all with --rpc)",
+    )
+    parser.add_argument(
+        "--rpc",
+        type=rpc_endpoints,
+        default=None,
+        metavar="HOST:PORT,...",
+        help="RPC workers to spread the offloaded layers over (started with `radar-gguf rpc-server`)",
+    )
+    parser.add_argument(
+        "--tensor-split",
+        "-ts",
+        type=tensor_split,
+        default=None,
+        metavar="N,N,...",
+        help="share of the offloaded layers per device, RPC workers first (default: by free memory)",
+    )
+    parser.add_argument(
+        "--split-mode",
+        "-sm",
+        choices=("none", "layer", "row"),
+        default="layer",
+        help="split the model by layer over the devices, by row over GPUs, or none (default: %(default)s)",
+    )
+
+
+def rpc_endpoints(text: str) -> list:
+    """An ``argparse`` type: ``host:port,host:port``."""
+    from .rpc import parse_endpoints
+
+    try:
+        return parse_endpoints(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def tensor_split(text: str) -> list:
+    """An ``argparse`` type: comma-separated non-negative shares, e.g. ``3,1``."""
+    try:
+        shares = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if any(not math.isfinite(v) or v < 0 for v in shares) or not any(shares) or len(shares) > 16:
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 non-negative shares, not all zero, got {text!r}")
+    return shares
+
+
+def split_passthrough(argv: Optional[list]) -> tuple[list, list]:
+    """``argv`` (default: ``sys.argv[1:]``) cut at ``--``: our flags, and those handed on to a llama.cpp program."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
 
 
 def parse_args_and_radar(parser: argparse.ArgumentParser, argv: Optional[list]) -> tuple:
@@ -254,6 +315,9 @@ def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None
             threads=args.threads,
             seed=getattr(args, "seed", 0),
             verbose=args.verbose,
+            rpc=args.rpc,
+            tensor_split=args.tensor_split,
+            split_mode=args.split_mode,
         )
     except (HubError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

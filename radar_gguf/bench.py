@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .args import add_radar_args, gpu_layers_int, positive_int, radar_from_args
+from .args import add_device_args, add_radar_args, positive_int, radar_from_args
 from .config import RadarConfig
 from .engine import prefill_bar
 from .sizes import argparse_size, format_size
@@ -54,7 +54,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         "--rounds", type=positive_int, default=2, help="alternating rounds per depth; the best counts"
     )
     p.add_argument("--threads", "-t", type=positive_int, default=None)
-    p.add_argument("--gpu-layers", "-ngl", type=gpu_layers_int, default=0)
+    add_device_args(p)
     p.add_argument("--out", type=Path, default=None, help="append records to this JSON file")
     p.add_argument(
         "--device", default=None, help="device description for the records (default: detected CPU)"
@@ -134,7 +134,20 @@ def main(argv: Optional[list] = None) -> int:
     from .lab.corpus import essay_tokens
 
     n_ctx = depths[-1] + args.n_gen + 64
-    model = load(args.model, ctx=n_ctx, radar=radar, threads=args.threads, gpu_layers=args.gpu_layers)
+    try:
+        model = load(
+            args.model,
+            ctx=n_ctx,
+            radar=radar,
+            threads=args.threads,
+            gpu_layers=args.gpu_layers,
+            rpc=args.rpc,
+            tensor_split=args.tensor_split,
+            split_mode=args.split_mode,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     with model:
         tokens = essay_tokens(model, depths[-1] + args.n_gen + 1)
         command = "python -m radar_gguf.bench " + " ".join(argv if argv is not None else sys.argv[1:])

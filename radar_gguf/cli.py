@@ -1,4 +1,4 @@
-"""One command for the package: ``radar-gguf {run,serve,summarize,bench,eval} ...``.
+"""One command for the package: ``radar-gguf {run,serve,summarize,bench,eval,rpc-server} ...``.
 
 The same as ``python -m radar_gguf <command> ...`` and as ``python -m radar_gguf.<command> ...``
 (``radar_gguf.lab.eval`` for eval). Each command module has ``setup_arg_parser()`` and ``main(argv)``;
@@ -18,6 +18,10 @@ COMMANDS = {
     "summarize": ("radar_gguf.summarize", "summarize files or stdin, map-reduce when too long"),
     "bench": ("radar_gguf.bench", "decode tokens/s at several context depths, Radar vs dense"),
     "eval": ("radar_gguf.lab.eval", "quality against dense attention: ppl, niah, select, sweep, pool"),
+    "rpc-server": (
+        "radar_gguf.rpc_server",
+        "a worker that runs model layers for --rpc clients on other hosts",
+    ),
 }
 
 

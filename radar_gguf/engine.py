@@ -10,6 +10,7 @@ front ends need all of it and nothing else.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ NO_FIT_CHECK_ENV = "RADAR_GGUF_NO_FIT_CHECK"  # =1 skips the check (e.g. swap yo
 CHAT_KEEP_FRACTION = 0.5
 ESTIMATE_MAX_CTX = 1 << 22  # larger contexts are estimated by scaling (see estimate_memory)
 MAX_CTX = (1 << 31) - 1  # llama.cpp's n_ctx is a uint32; positions are int32
+MAX_DEVICES = 16  # llama_max_devices() of the pinned tree: the length of tensor_split
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -181,6 +183,7 @@ def estimate_memory(
     gpu_layers: int = 0,
     flash_attn: bool = True,
     verbose: bool = False,
+    rpc: Sequence[str] = (),
     **llama_kwargs: Any,
 ) -> MemoryEstimate:
     """What loading ``path`` with a ``ctx``-token context would allocate, without allocating it.
@@ -189,7 +192,8 @@ def estimate_memory(
     :class:`Model` does; llama.cpp then sizes every buffer (weights, KV cache, compute graph) without
     allocating them, and ``llama_radar_memory_totals`` reads its accounting. Above
     ``ESTIMATE_MAX_CTX`` tokens (where llama.cpp's per-cell bookkeeping alone would take hundreds of
-    MiB) the KV cache and compute figures are scaled linearly from a context of that size.
+    MiB) the KV cache and compute figures are scaled linearly from a context of that size. ``rpc``:
+    the workers the model would offload to (default: local devices only, whatever workers the process knows).
     """
     C = _lib.bindings()
     from llama_cpp._logger import set_verbose
@@ -200,6 +204,9 @@ def estimate_memory(
     mp = C.llama_model_default_params()
     mp.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
     mp.no_alloc = True
+    devices = _lib.offload_devices(tuple(rpc))
+    if devices is not None:
+        mp.devices = ctypes.cast(devices, ctypes.c_void_p).value
     mp.load_mode = C.LLAMA_LOAD_MODE_NONE  # no_alloc asserts with mmap
     with suppress_stdout_stderr(disable=verbose):
         model = C.llama_model_load_from_file(os.fspath(path).encode(), mp)
@@ -255,6 +262,35 @@ def _surely_fits(info: Any, ctx: int, gpu_layers: int) -> bool:
     return info.file_size + 2 * kv + (1 << 30) <= avail // 2
 
 
+_load_lock = threading.Lock()
+
+
+@contextmanager
+def _offload_devices(endpoints: tuple) -> Iterator[None]:
+    """Have ``llama_cpp.Llama`` load onto exactly these RPC workers and the local GPUs.
+
+    llama-cpp-python 0.3.36 takes no device list, so while the model loads its default model parameters
+    carry one (``_lib.offload_devices``); without any worker in the process nothing changes."""
+    devices = _lib.offload_devices(endpoints)
+    if devices is None:
+        yield
+        return
+    C = _lib.bindings().llama_cpp
+    default = C.llama_model_default_params
+
+    def with_devices() -> Any:
+        mp = default()
+        mp.devices = ctypes.cast(devices, ctypes.c_void_p).value
+        return mp
+
+    with _load_lock:
+        C.llama_model_default_params = with_devices
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = default
+
+
 class Model:
     """A loaded model with its context. Use :func:`load` to make one; close it (or use ``with``)."""
 
@@ -271,6 +307,7 @@ class Model:
         verbose: bool,
         flash_attn: bool = True,
         fit_check: bool = True,
+        rpc: Sequence[str] = (),
         **llama_kwargs: Any,
     ) -> None:
         from .gguf_check import check_gguf
@@ -292,9 +329,13 @@ class Model:
         self._generating = False  # the owner's hold is an open stream_generate
         self._llama: Any = None
         self._llama_guard = _LlamaGuard(self)
+        self.rpc: tuple[str, ...] = tuple(rpc)
+        """The RPC workers this model's offloaded layers are spread over (``load(rpc=...)``)."""
+        self._rpc_lost = ""  # why a worker was lost: every later decode fails with it
         self.memory: Optional[MemoryEstimate] = None
         if (
             fit_check
+            and not self.rpc  # the workers hold the offloaded layers in their own memory
             and os.environ.get(NO_FIT_CHECK_ENV, "") in ("", "0")
             and not _surely_fits(self.info, ctx, gpu_layers)
         ):
@@ -311,19 +352,25 @@ class Model:
             if problem:
                 raise ContextTooLargeError(f"{self.path.name}: {problem}")
         n_threads = threads or _default_threads()
-        self._llama = llama_cpp.Llama(
-            model_path=str(self.path),
-            n_ctx=ctx,
-            n_batch=n_batch,
-            n_ubatch=min(n_batch, 512),
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=gpu_layers,
-            flash_attn=flash_attn,  # Radar reads V untransposed; FA is also the fast dense path
-            seed=seed,
-            verbose=verbose,
-            **llama_kwargs,
-        )
+        if self.rpc:
+            from . import rpc as _rpc
+
+            _rpc.hold(self.rpc)
+            self._rpc_held = True
+        with _offload_devices(self.rpc), self._closed_on_error():
+            self._llama = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=ctx,
+                n_batch=n_batch,
+                n_ubatch=min(n_batch, 512),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=gpu_layers,
+                flash_attn=flash_attn,  # Radar reads V untransposed; FA is also the fast dense path
+                seed=seed,
+                verbose=verbose,
+                **llama_kwargs,
+            )
         self.ctx = ctx
         self.seed = seed
         self._timing = _Timing()
@@ -344,6 +391,41 @@ class Model:
         if llama is not None:
             llama.close()
             self._llama = None
+        if getattr(self, "_rpc_held", False):
+            from . import rpc as _rpc
+
+            _rpc.release(self.rpc)
+            self._rpc_held = False
+
+    @contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.close()  # releases the workers held for this model
+            raise
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        """``llama.eval``, and with RPC workers a check that none was lost while it ran (ggml then fails
+        the worker's graphs instead of aborting; its layers' outputs of this step are not valid)."""
+        if not self.rpc:
+            self._llama.eval(tokens)
+            return
+        from .rpc import RpcError, take_error
+
+        try:
+            if not self._rpc_lost:
+                self._llama.eval(tokens)
+        except RuntimeError:
+            self._rpc_lost = self._rpc_lost or take_error()
+            if not self._rpc_lost:
+                raise
+        self._rpc_lost = self._rpc_lost or take_error()
+        if self._rpc_lost:
+            raise RpcError(
+                f"{self._rpc_lost}: the layers it held are gone; close the model and load it again once the "
+                "worker runs (radar-gguf rpc-server)"
+            )
 
     def __enter__(self) -> Model:
         return self
@@ -473,7 +555,7 @@ class Model:
             progress(done, total)
         while done < total:
             end = min(total, done + step)
-            llama.eval(tokens[done:end])
+            self._eval(tokens[done:end])
             done = end
             if progress is not None:
                 progress(done, total)
@@ -591,7 +673,7 @@ class Model:
                     if self.n_past >= self.ctx:
                         finish = "length"
                     else:
-                        llama.eval([token])
+                        self._eval([token])
                 text_so_far += piece
                 if stop and finish is None:
                     hit = min((i for i in (text_so_far.find(s) for s in stop) if i >= 0), default=-1)
@@ -860,6 +942,34 @@ def _check_load_args(*, ctx: Any, threads: Any, gpu_layers: Any, n_batch: Any) -
             raise ValueError(f"{name} must be in [{lo}, {hi}]{extra}, got {v}")
 
 
+SPLIT_MODES = ("none", "layer", "row")  # LLAMA_SPLIT_MODE_NONE, _LAYER, _ROW
+
+
+def _split_kwargs(tensor_split: Any, split_mode: Any) -> dict:
+    """``llama_cpp.Llama`` arguments for :func:`load`'s split flags; ValueError on a bad value."""
+    if split_mode not in SPLIT_MODES:
+        raise ValueError(f"split_mode must be one of {', '.join(SPLIT_MODES)}, got {split_mode!r}")
+    out: dict = {"split_mode": SPLIT_MODES.index(split_mode)}
+    if tensor_split is not None:
+        import math
+
+        shares = list(tensor_split) if not isinstance(tensor_split, (str, bytes)) else None
+        if (
+            not shares
+            or len(shares) > MAX_DEVICES
+            or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                for v in shares
+            )
+            or not any(shares)
+        ):
+            raise ValueError(
+                f"tensor_split must be 1 to {MAX_DEVICES} non-negative numbers, not all zero, got {tensor_split!r}"
+            )
+        out["tensor_split"] = [float(v) for v in shares]
+    return out
+
+
 def _wants_bos(model: Model) -> bool:
     llama_cpp = _lib.bindings()
     return bool(llama_cpp.llama_vocab_get_add_bos(model._llama._model.vocab))
@@ -901,13 +1011,16 @@ def load(
     *,
     ctx: int = DEFAULT_CTX,
     radar: Optional[RadarConfig] = None,
-    gpu_layers: int = 0,
+    gpu_layers: Optional[int] = None,
     threads: Optional[int] = None,
     seed: int = 0,
     n_batch: int = 512,
     verbose: bool = False,
     flash_attn: bool = True,
     fit_check: bool = True,
+    rpc: Optional[Union[str, Sequence[str]]] = None,
+    tensor_split: Optional[Sequence[float]] = None,
+    split_mode: str = "layer",
     **llama_kwargs: Any,
 ) -> Model:
     """Load a GGUF model with Radar decoding.
@@ -917,7 +1030,8 @@ def load(
             ``user/repo/file.gguf``), or None for the bundled Qwen2.5-Coder-0.5B-Instruct.
         ctx: context length in tokens.
         radar: Radar parameters (default: ``RadarConfig()``); ``RadarConfig(enabled=False)`` is dense.
-        gpu_layers: layers to offload to the GPU (CUDA/Metal builds); -1 for all.
+        gpu_layers: layers to offload to GPUs and RPC workers (CUDA/Metal builds, ``rpc``); -1 for all.
+            Default None: none, or all of them when ``rpc`` names workers.
         threads: CPU threads, >= 1 (default None: all available cores).
         seed: sampling seed.
         flash_attn: flash attention (Radar needs it; off only for dense-only comparisons).
@@ -925,9 +1039,23 @@ def load(
             measured by llama.cpp before anything is allocated (``RADAR_GGUF_NO_FIT_CHECK=1`` also skips it).
             The measurement (``Model.memory``) runs unless a bound from the file's header shows the
             model and context take at most half the available memory (CPU only).
+        rpc: RPC workers (``"host:port,host:port"`` or a list) to place the offloaded layers on, each
+            started with ``radar-gguf rpc-server``; they are probed first (:class:`radar_gguf.rpc.RpcError`
+            names one that cannot be used) and stay known to the process, as with llama.cpp's ``--rpc``.
+        tensor_split: the share of the offloaded layers each device takes, in llama.cpp's device order
+            (RPC workers first, then local GPUs); default: by free memory.
+        split_mode: ``"layer"`` (whole layers per device), ``"row"`` (rows of each matrix over the GPUs; not
+            for RPC workers) or ``"none"`` (one GPU).
         llama_kwargs: passed on to ``llama_cpp.Llama`` (e.g. ``type_k``, ``type_v``).
     """
+    if gpu_layers is None:
+        gpu_layers = -1 if rpc else 0
     _check_load_args(ctx=ctx, threads=threads, gpu_layers=gpu_layers, n_batch=n_batch)
+    split = _split_kwargs(tensor_split, split_mode)
+    from . import rpc as _rpc
+
+    if rpc:
+        _rpc.add_workers(rpc)
     path = resolve_model_path(model)
     return Model(
         path,
@@ -940,5 +1068,7 @@ def load(
         verbose=verbose,
         flash_attn=flash_attn,
         fit_check=fit_check,
+        rpc=_rpc.parse_endpoints(rpc) if rpc else (),
+        **split,
         **llama_kwargs,
     )

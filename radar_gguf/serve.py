@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
-import importlib.util
 import os
 import signal
 import socket
@@ -37,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from .args import add_model_args, add_radar_args, parse_args_and_radar
+from .args import add_model_args, add_radar_args, parse_args_and_radar, split_passthrough
 from .config import RadarConfig
 from .sizes import format_size
 
@@ -60,20 +59,12 @@ class LaunchError(Exception):
 def find_server() -> Path:
     """The llama-server to run: $RADAR_GGUF_LLAMA_SERVER, else next to $LLAMA_CPP_LIB_PATH's libraries
     (a development build), else the package's ``llama_cpp/bin/llama-server``."""
-    explicit = os.environ.get(SERVER_ENV)
-    if explicit:
-        cands = [Path(explicit)]
-    else:
-        cands = []
-        if os.environ.get("LLAMA_CPP_LIB_PATH"):
-            cands.append(Path(os.environ["LLAMA_CPP_LIB_PATH"]) / "llama-server")
-        spec = importlib.util.find_spec("llama_cpp")
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            cands.append(Path(loc) / "bin" / "llama-server")
-    for c in cands:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c
-    where = ", ".join(str(c) for c in cands) or "the llama_cpp package (not importable)"
+    from ._lib import bundled_program
+
+    found, cands = bundled_program("llama-server", SERVER_ENV)
+    if found:
+        return Path(found)
+    where = ", ".join(cands) or "the llama_cpp package (not importable)"
     raise LaunchError(
         f"llama-server was not found ({where}). It is built into the package by `pip install .`; "
         f"reinstall, or point {SERVER_ENV} at a llama-server built from the patched tree."
@@ -133,6 +124,13 @@ def check_port(host: str, port: int) -> None:
             raise LaunchError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
+def gpu_layers(args: argparse.Namespace) -> int:
+    """--gpu-layers as given, else 0, or all layers (-1) with --rpc (the default of load())."""
+    if args.gpu_layers is not None:
+        return args.gpu_layers
+    return -1 if args.rpc else 0
+
+
 def server_argv(exe: Path, model: Path, args: argparse.Namespace, extra: list) -> list:
     from .engine import _default_threads
 
@@ -140,7 +138,12 @@ def server_argv(exe: Path, model: Path, args: argparse.Namespace, extra: list) -
     argv = [str(exe), "-m", str(model), "-c", str(slot_ctx(args.ctx) * args.parallel)]
     argv += ["-np", str(args.parallel), "--no-kv-unified", "-fa", "on", "--fit", "off"]
     argv += ["--host", args.host, "--port", str(args.port), "-t", threads, "-tb", threads]
-    argv += ["-ngl", str(args.gpu_layers), "--alias", args.alias or model.stem, "--log-colors", "off"]
+    argv += ["-ngl", str(gpu_layers(args)), "--alias", args.alias or model.stem, "--log-colors", "off"]
+    if args.rpc:
+        argv += ["--rpc", ",".join(args.rpc)]
+    if args.tensor_split:
+        argv += ["-ts", ",".join(f"{v:g}" for v in args.tensor_split)]
+    argv += ["-sm", args.split_mode]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
     if args.embeddings:
@@ -309,11 +312,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    argv, extra = split_passthrough(argv)
     parser = setup_arg_parser()
     args, radar = parse_args_and_radar(parser, argv)
     if not 0 <= args.port <= 65535:
@@ -338,7 +337,18 @@ def serve(args: argparse.Namespace, radar: RadarConfig, extra: list) -> int:
     try:
         path = resolve_model_path(args.model)
         info = check_gguf(path)
-        problem = check_fit(path, info, slot_ctx(args.ctx) * args.parallel, args.gpu_layers, args.verbose)
+        if args.rpc:
+            # the workers hold what is offloaded and llama-server reports their memory errors; here, only
+            # check that each one can be used (ggml would abort the server on one that cannot)
+            from .rpc import probe
+
+            for ep in args.rpc:
+                probe(ep)
+            problem = None
+        else:
+            problem = check_fit(
+                path, info, slot_ctx(args.ctx) * args.parallel, gpu_layers(args), args.verbose
+            )
     except (HubError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         raise LaunchError(str(e)) from None
     per_slot = slot_ctx(args.ctx)

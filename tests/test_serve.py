@@ -157,6 +157,31 @@ def test_radar_env_keys():
     assert slot_ctx(2048) == 2048 and slot_ctx(2049) == 2304
 
 
+def test_server_argv_places_layers_as_load_does(model_path):
+    from radar_gguf.serve import server_argv, setup_arg_parser
+
+    def argv(*flags):
+        return server_argv(Path("llama-server"), model_path, setup_arg_parser().parse_args([*flags]), [])
+
+    local = argv()
+    assert local[local.index("-ngl") + 1] == "0" and "--rpc" not in local and "-sm" in local
+    split = argv("--rpc", "10.0.0.2:50052,10.0.0.3:50052", "--tensor-split", "3,1")
+    assert split[split.index("-ngl") + 1] == "-1"  # all layers to the workers, as load(rpc=...) does
+    assert split[split.index("--rpc") + 1] == "10.0.0.2:50052,10.0.0.3:50052"
+    assert split[split.index("-ts") + 1] == "3,1" and split[split.index("-sm") + 1] == "layer"
+    some = argv("--rpc", "10.0.0.2:50052", "-ngl", "8")
+    assert some[some.index("-ngl") + 1] == "8"
+
+
+def test_a_worker_that_cannot_be_used_stops_serve_before_the_server_starts(model_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    r = run_cli(str(model_path), "--rpc", f"127.0.0.1:{port}", module="radar_gguf.serve", timeout=120)
+    assert r.returncode == 1 and f"rpc worker 127.0.0.1:{port}: cannot connect" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_user_errors_are_one_line(model_path, tmp_path):
     missing = run_cli(str(tmp_path / "nope.gguf"), module="radar_gguf.serve", timeout=120)
     assert missing.returncode == 1 and "error:" in missing.stderr and "Traceback" not in missing.stderr
@@ -405,11 +430,12 @@ def test_unparsable_input_is_4xx_and_the_server_keeps_serving(server, client, bo
     assert "Paris" in r.choices[0].message.content
 
 
-def test_tools_not_a_list_is_an_error_and_the_server_keeps_serving(server, client):
-    """tools that are not a list: the pinned chat parser raises a plain runtime error, which llama-server
-    answers with 500 and the parser's message (400 would be right: docs/serve.md); the server carries on."""
-    status, answer = raw(server.url, "POST", "/v1/chat/completions", {"messages": HI, "tools": "get_weather"})
-    assert status in (400, 500) and "tools" in answer["error"]["message"], (status, answer)
+@pytest.mark.parametrize("tools", ["get_weather", [{"type": "function"}], [{"type": "shell"}]])
+def test_malformed_tools_are_400_and_the_server_keeps_serving(server, client, tools):
+    """tools that are not a list of function tools: the client's error (patch 0006), with the parser's reason."""
+    status, answer = raw(server.url, "POST", "/v1/chat/completions", {"messages": HI, "tools": tools})
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error", (status, answer)
+    assert "tools" in answer["error"]["message"]
     r = client.chat.completions.create(model="qwen-test", messages=CAPITAL, max_tokens=4, temperature=0)
     assert "Paris" in r.choices[0].message.content
 

@@ -413,14 +413,15 @@ class Model:
             return
         from .rpc import RpcError, take_error
 
-        try:
-            if not self._rpc_lost:
+        if not self._rpc_lost:
+            try:
                 self._llama.eval(tokens)
-        except RuntimeError:
-            self._rpc_lost = self._rpc_lost or take_error()
-            if not self._rpc_lost:
-                raise
-        self._rpc_lost = self._rpc_lost or take_error()
+            except RuntimeError:
+                self._rpc_lost = take_error()
+                if not self._rpc_lost:
+                    raise
+            else:
+                self._rpc_lost = take_error()
         if self._rpc_lost:
             raise RpcError(
                 f"{self._rpc_lost}: the layers it held are gone; close the model and load it again once the "

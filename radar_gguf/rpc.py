@@ -122,12 +122,6 @@ _added: list[str] = []
 _in_use: dict[str, int] = {}  # endpoint -> models of this process that hold a connection to it
 
 
-def added() -> list[str]:
-    """The workers added to this process so far, in order."""
-    with _lock:
-        return list(_added)
-
-
 def add_workers(spec: Endpoints, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
     """Probe the workers and add their devices to ggml's registry (once per worker and process).
 

@@ -1,6 +1,6 @@
 """The CPU Radar kernels (ggml_radar_summarize, ggml_radar_attn) against the NumPy reference.
 
-Random inputs over head dims 64/128/256, GQA ratios 1/4/7/8, f16 and q8_0 K/V, every score,
+Random inputs over head dims 64/128/256, GQA ratios 1/4/6/7/8, f16 and q8_0 K/V, every score,
 masks with holes, ALiBi/softcap/sinks, and the exactness limit (top-k >= all segments gives dense
 attention) against both the reference and ggml's own flash attention.
 """
@@ -52,7 +52,7 @@ def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_
 
 
 @pytest.mark.parametrize("d", [64, 128, 256])
-@pytest.mark.parametrize("ratio", [1, 4, 7, 8])
+@pytest.mark.parametrize("ratio", [1, 4, 6, 7, 8])
 @pytest.mark.parametrize("kv_type", [F16, Q8_0])
 def test_meanvar_matches_reference(d, ratio, kv_type):
     q, k, v, mask, used = make_case(d * 10 + ratio, d, ratio)

@@ -85,20 +85,6 @@ struct radar_v_row<GGML_TYPE_Q8_0> {
     }
 };
 
-// VKQ/S with the sink logit in the denominator only; zeros when no cell was attended
-static __device__ __forceinline__ float radar_out_scale(const float M, float S, const float * sinks, const int h) {
-    float scl = 1.0f;
-    if (sinks) {
-        const float sv = sinks[h];
-        const float M2 = fmaxf(M, sv);
-        if (M2 != -INFINITY) {
-            scl = expf(M - M2);
-            S   = S*scl + expf(sv - M2);
-        }
-    }
-    return S == 0.0f ? 0.0f : scl/S;
-}
-
 template <int D, int nthreads>
 static __device__ __forceinline__ void radar_combine_parts(
         const float * __restrict__ parts, const float2 * __restrict__ meta, const float * __restrict__ sinks,

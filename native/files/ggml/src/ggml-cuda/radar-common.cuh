@@ -51,7 +51,9 @@ struct radar_attn_params {
     int    * sel;            // [1 + n_seg_cap, n_sel_items, ns] number of kept segments, then their ids
     int    * cand;           // [1 + n_rescore, n_sel_items, ns] rescore: number of candidates of stage 1, then their ids
     float  * exact;          // [n_rescore, n_hq, ns] rescore: exact score of each candidate of stage 1 per query head
-    float  * always;         // [n_hq, ns] mass target: log mass of the always-attended cells (+ the sink logit)
+    float  * always;         // [n_hq, ns] mass target: log mass of the always-attended cells (the sink logit not included)
+    float  * cpart;          // [D, n_rescore + 1, n_hq, ns] fused mass target: attention output over the cells of each
+                             // candidate of stage 1, then over the always-attended cells (normalized within each)
     float  * dst_parts;      // [D, n_split, n_hq, ns] unnormalized VKQ of each block
     float2 * dst_meta;       // [n_split, n_hq, ns] (max, sum) of each block
     char   * dst;            // [D, n_hq, 1, ns] f32
@@ -69,6 +71,8 @@ struct radar_attn_params {
     int L, top_k, n_sink, n_recent;
     int n_rescore;           // two-stage selection: candidates of stage 1, min(op param 9, segments); 0: one stage
     float mass;              // mass target of stage two (op param 10); 0: keep top_k
+    bool fused;              // mass target with K and V of one type: radar_rescore also attends each candidate's V,
+                             // radar_select_mass merges the kept candidates into dst (no radar_attn_kernel)
     int score;
     bool shared, mask_f16;
     bool s_f16;              // summaries stored as half
@@ -294,6 +298,101 @@ struct radar_k_row<GGML_TYPE_Q8_0, D, TK> {
         return warp_reduce_sum<TK>(sum);
     }
 };
+
+// E consecutive values of one V row per lane (E = D/radar_k_lanes: 4 or 8), the V side of radar_k_row for
+// radar_rescore with the values; load() may be predicated off (zeros)
+template <ggml_type type_V, int E>
+struct radar_v_slice;
+
+template <int E>
+struct radar_v_slice<GGML_TYPE_F32, E> {
+    static_assert(E % 4 == 0, "bad E");
+    __align__(16) float x[E];
+
+    __device__ __forceinline__ void load(const char * row, const int i0, const bool valid) {
+#pragma unroll
+        for (int l = 0; l < E; l += 4) {
+            x[l + 0] = x[l + 1] = x[l + 2] = x[l + 3] = 0.0f;
+            if (valid) {
+                ggml_cuda_memcpy_1<16>(x + l, (const float *) row + i0 + l);
+            }
+        }
+    }
+
+    __device__ __forceinline__ void mad(float * acc, const float w) const {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            acc[e] = fmaf(w, x[e], acc[e]);
+        }
+    }
+};
+
+template <int E>
+struct radar_v_slice<GGML_TYPE_F16, E> {
+    static_assert(E == 4 || E == 8, "bad E");
+    __align__(16) half2 x[E/2];
+
+    __device__ __forceinline__ void load(const char * row, const int i0, const bool valid) {
+#pragma unroll
+        for (int l = 0; l < E/2; ++l) {
+            x[l] = make_half2(0.0f, 0.0f);
+        }
+        if (valid) {
+            ggml_cuda_memcpy_1<2*E>(x, (const half *) row + i0);
+        }
+    }
+
+    __device__ __forceinline__ void mad(float * acc, const float w) const {
+#pragma unroll
+        for (int l = 0; l < E/2; ++l) {
+            const float2 f = __half22float2(x[l]);
+            acc[2*l + 0] = fmaf(w, f.x, acc[2*l + 0]);
+            acc[2*l + 1] = fmaf(w, f.y, acc[2*l + 1]);
+        }
+    }
+};
+
+template <int E>
+struct radar_v_slice<GGML_TYPE_Q8_0, E> {
+    static_assert(QK8_0 % E == 0, "bad E");
+    __align__(8) int8_t x[E];
+    float d;
+
+    __device__ __forceinline__ void load(const char * row, const int i0, const bool valid) {
+        const block_q8_0 * b = (const block_q8_0 *) row + i0/QK8_0;
+#pragma unroll
+        for (int l = 0; l < E; ++l) {
+            x[l] = 0;
+        }
+        d = 0.0f;
+        if (valid) {
+            ggml_cuda_memcpy_1<E, 2>(x, b->qs + i0 % QK8_0);
+            d = __half2float(b->d);
+        }
+    }
+
+    __device__ __forceinline__ void mad(float * acc, const float w) const {
+        const float wd = w*d;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            acc[e] = fmaf(wd, (float) x[e], acc[e]);
+        }
+    }
+};
+
+// VKQ/S with the sink logit in the denominator only; zeros when no cell was attended
+static __device__ __forceinline__ float radar_out_scale(const float M, float S, const float * sinks, const int h) {
+    float scl = 1.0f;
+    if (sinks) {
+        const float sv = sinks[h];
+        const float M2 = fmaxf(M, sv);
+        if (M2 != -INFINITY) {
+            scl = expf(M - M2);
+            S   = S*scl + expf(sv - M2);
+        }
+    }
+    return S == 0.0f ? 0.0f : scl/S;
+}
 
 // top-k keys (radar_select, and radar_attn_kernel when it selects itself)
 

@@ -260,16 +260,23 @@ static __global__ void radar_score_oracle(const radar_attn_params p) {
 // threads of the block, and each thread has its K rows and mask values of a batch in flight at once (no
 // load waits on another: the mask does not predicate the K load), so that a candidate costs about one
 // round trip to memory instead of one per cell; the (max, sum) of the threads merge in shared memory.
-template <int D, ggml_type type_K>
+// With type_V (p.fused, a mass target): the V rows of the batch are loaded with the K rows, and the block
+// also writes the attention output over the candidate's cells (p.cpart), which radar_select_mass merges for
+// the kept candidates: every kept cell is read once, and no attention kernel runs after the selection.
+// type_V == GGML_TYPE_COUNT: exact scores only.
+template <int D, ggml_type type_K, ggml_type type_V>
 __launch_bounds__(RADAR_RESCORE_NTHREADS)
 static __global__ void radar_rescore(const radar_attn_params p) {
-    constexpr int nthreads = RADAR_RESCORE_NTHREADS;
-    constexpr int nwarps   = nthreads/WARP_SIZE;
-    constexpr int TK       = radar_k_lanes<type_K, D>();                       // lanes per K row
-    constexpr int RB       = nthreads/TK;                                      // K rows per step of the block
-    constexpr int LB       = radar_k_lane_bytes<type_K, D>();
-    constexpr int BK       = 128/LB < 4 ? 4 : (128/LB > 16 ? 16 : 128/LB);    // K rows per thread and batch
+    constexpr int  nthreads = RADAR_RESCORE_NTHREADS;
+    constexpr int  nwarps   = nthreads/WARP_SIZE;
+    constexpr int  TK       = radar_k_lanes<type_K, D>();                       // lanes per K row
+    constexpr int  RB       = nthreads/TK;                                      // K rows per step of the block
+    constexpr int  LB       = radar_k_lane_bytes<type_K, D>();
+    constexpr int  BK       = 128/LB < 4 ? 4 : (128/LB > 16 ? 16 : 128/LB);    // K rows per thread and batch
+    constexpr bool with_v   = type_V != GGML_TYPE_COUNT;
+    constexpr int  E        = D/TK;                                             // values of a V row per lane
     typedef radar_k_row<type_K, D, TK> k_row;
+    typedef radar_v_slice<with_v ? type_V : GGML_TYPE_F32, E> v_slice;
 
     const int i    = blockIdx.x; // index into the candidate list
     const int h    = blockIdx.y;
@@ -283,20 +290,23 @@ static __global__ void radar_rescore(const radar_attn_params p) {
 
     __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
     __shared__ float2 red_sh[nwarps];
+    __shared__ float  acc_sh[with_v ? nwarps : 1][with_v ? D : 1]; // the values of each warp
 
     // the candidate's id is read together with the counts (an entry past the list is never used). With a
     // mass target, block i == n_rescore scores the always-attended cells instead: the sinks [0, n0) and the
-    // recent segments with the tail [c1, n_kv), laid end to end as cells [0, n0 + n_kv - c1)
+    // recent segments with the tail [c1, n_kv), laid end to end as cells [0, n0 + n_kv - c1). Fused, every
+    // candidate is scored also when no more than top_k exist (then all of them are kept).
     const bool         alw  = i == p.n_rescore;
     const int          item = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
     const int          sg   = alw ? 0 : p.cand[(int64_t) item*(p.n_rescore + 1) + 1 + i];
     const radar_counts cnt  = radar_get_counts(p, st);
-    if (cnt.n_cand <= p.top_k || (!alw && i >= min(p.n_rescore, cnt.n_cand))) {
+    if ((!with_v && cnt.n_cand <= p.top_k) || (!alw && i >= min(p.n_rescore, cnt.n_cand))) {
         return;
     }
 
     const float  slope = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
     const char * K     = p.k    + hk*p.nbk2 + st*p.nbk3;
+    const char * V     = p.v    + hk*p.nbv2 + st*p.nbv3;
     const char * mrow  = p.mask + st*p.nbm3;
     const int    n0    = min(p.n_sink, cnt.n_seg*p.L);
     const int    c1    = max(cnt.n_cand*p.L, n0);
@@ -304,12 +314,18 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     const int    c_end = alw ? n0 + p.n_kv - c1 : (sg + 1)*p.L;
     const int    c_gap = alw ? c1 - n0 : 0; // cells [n0, c_end) lie c_gap further on
 
-    // online softmax over the batches; every lane of a K row holds the same values
+    // online softmax over the batches; every lane of a K row holds the same values, and E of the row's values
     float mx  = -INFINITY;
     float sum = 0.0f;
+    float acc[with_v ? E : 1];
+#pragma unroll
+    for (int e = 0; e < (with_v ? E : 1); ++e) {
+        acc[e] = 0.0f;
+    }
     for (int cb = c_beg; cb < c_end; cb += BK*RB) { // the same in all threads
-        k_row kr[BK];
-        float mv[BK];
+        k_row   kr[BK];
+        v_slice vr[with_v ? BK : 1];
+        float   mv[BK];
 #pragma unroll
         for (int j = 0; j < BK; ++j) {
             const int  c  = cb + j*RB + rk;
@@ -317,6 +333,9 @@ static __global__ void radar_rescore(const radar_attn_params p) {
             const int  cc = c < n0 ? c : c + c_gap;
             mv[j] = in ? radar_mask_value(mrow, cc, p.mask_f16) : -INFINITY;
             kr[j].load(K + (int64_t) (in ? cc : 0)*p.nbk1, il, in);
+            if constexpr (with_v) {
+                vr[j].load(V + (int64_t) (in ? cc : 0)*p.nbv1, il*E, in);
+            }
         }
         if (cb == c_beg) {
             // the query, while the first batch of K rows is on its way
@@ -336,19 +355,53 @@ static __global__ void radar_rescore(const radar_attn_params p) {
             bmax = fmaxf(bmax, l[j]);
         }
         if (bmax > mx) {
-            sum *= expf(mx - bmax);
-            mx   = bmax;
+            const float f = expf(mx - bmax);
+            sum *= f;
+            if constexpr (with_v) {
+#pragma unroll
+                for (int e = 0; e < E; ++e) {
+                    acc[e] *= f;
+                }
+            }
+            mx = bmax;
         }
         if (mx != -INFINITY) {
 #pragma unroll
             for (int j = 0; j < BK; ++j) {
-                sum += expf(l[j] - mx);
+                const float w = expf(l[j] - mx);
+                sum += w;
+                if constexpr (with_v) {
+                    vr[j].mad(acc, w);
+                }
             }
         }
     }
 
     // merge the K rows of the warp, then the warps
-    radar_warp_merge_lse<TK>(mx, sum);
+    if constexpr (with_v) {
+#pragma unroll
+        for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
+            const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
+            const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
+            const float mn   = fmaxf(mx, mx2);
+            const float f1   = mn == -INFINITY ? 0.0f : expf(mx  - mn);
+            const float f2   = mn == -INFINITY ? 0.0f : expf(mx2 - mn);
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                acc[e] = acc[e]*f1 + __shfl_xor_sync(0xFFFFFFFF, acc[e], offset, WARP_SIZE)*f2;
+            }
+            sum = sum*f1 + sum2*f2;
+            mx  = mn;
+        }
+        if (lane < TK) {
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                acc_sh[warp][il*E + e] = acc[e];
+            }
+        }
+    } else {
+        radar_warp_merge_lse<TK>(mx, sum);
+    }
     if (lane == 0) {
         red_sh[warp] = make_float2(mx, sum);
     }
@@ -366,9 +419,32 @@ static __global__ void radar_rescore(const radar_attn_params p) {
         if (!alw) {
             p.exact[((int64_t) st*p.n_hq + h)*p.n_rescore + i] = r;
         } else {
-            const float s  = p.sinks ? p.sinks[h] : -INFINITY; // a sink logit is mass that is always there
-            const float hi = fmaxf(r, s);
-            p.always[(int64_t) st*p.n_hq + h] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(fminf(r, s) - hi));
+            p.always[(int64_t) st*p.n_hq + h] = r;
+        }
+    }
+    if constexpr (with_v) {
+        // the output over the candidate's cells: the warps' values at the block's max, over the block's sum
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < nwarps; ++w) {
+            M = fmaxf(M, red_sh[w].x);
+        }
+        float S = 0.0f;
+        float f[nwarps];
+#pragma unroll
+        for (int w = 0; w < nwarps; ++w) {
+            f[w] = M == -INFINITY ? 0.0f : expf(red_sh[w].x - M);
+            S   += red_sh[w].y*f[w];
+        }
+        const float inv = S > 0.0f ? 1.0f/S : 0.0f;
+        float * out = p.cpart + (((int64_t) st*p.n_hq + h)*(p.n_rescore + 1) + i)*D;
+        for (int d = tid; d < D; d += nthreads) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < nwarps; ++w) {
+                o = fmaf(acc_sh[w][d], f[w], o);
+            }
+            out[d] = o*inv;
         }
     }
 }
@@ -566,14 +642,17 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
 }
 
 // stage two with a mass target (p.mass > 0): each head's exact scores of its candidates (p.cand, p.exact) and
-// the mass of its always-attended cells (p.always) become shares of all the mass the two stages know of,
-// summed over the group when shared; the candidates are ranked by share (ties to the lower segment) with a
-// bitonic sort in shared memory, the top_k best kept, then more while the kept share is below p.mass (p.mass
-// times the group size when shared), up to all of them (all of them at p.mass = 1). Writes p.sel as
-// radar_select does: the count, the kept segments ascending, then the recent ones. One block per selection;
-// dynamic shared memory: n_pow2 sort keys (8 bytes) + n_rescore floats, n_rescore <= RADAR_MASS_MAX_CAND.
+// the mass of its always-attended cells (p.always, with the sink logit) become shares of all the mass the two
+// stages know of, summed over the group when shared; the candidates are ranked by share (ties to the lower
+// segment) with a bitonic sort in shared memory, the top_k best kept, then more while the kept share is below
+// p.mass (p.mass times the group size when shared), up to all of them (all of them at p.mass = 1). Unfused:
+// writes p.sel as radar_select does (the count, the kept segments ascending, then the recent ones) for
+// radar_attn_kernel. Fused (p.fused): merges the outputs of the kept candidates and of the always-attended
+// cells (p.cpart, from radar_rescore) into dst, for every query head of the selection. One block per
+// selection; dynamic shared memory: n_pow2 sort keys (8 bytes) + n_rescore floats (+ n_rescore weights
+// fused), n_rescore <= RADAR_MASS_MAX_CAND.
 __launch_bounds__(RADAR_SELECT_NTHREADS)
-static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2) {
+static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2, const int D) {
     constexpr int nthreads = RADAR_SELECT_NTHREADS;
     constexpr int nwarps   = nthreads/WARP_SIZE;
 
@@ -589,138 +668,207 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
     __shared__ int   cut_sh;
 
     const int n_items = p.shared ? p.n_hkv : p.n_hq;
-    int * out = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
+    const int h0      = p.shared ? item*p.gqa : item;
+    const int nh      = p.shared ? p.gqa : 1;
 
     const radar_counts cnt = radar_get_counts(p, st);
     const int n_cand = cnt.n_cand;
     const int n_in   = min(p.n_rescore, n_cand);
+    int     * kept   = (int *) share;
+    const int per    = (n_in + nthreads - 1)/nthreads;
+    const int j_beg  = min(tid*per, n_in);
+    const int j_end  = min(j_beg + per, n_in);
+
     if (n_cand <= p.top_k) {
-        for (int i = tid; i < cnt.n_seg; i += nthreads) {
-            out[1 + i] = i; // every segment
+        if (!p.fused) {
+            int * out = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
+            for (int i = tid; i < cnt.n_seg; i += nthreads) {
+                out[1 + i] = i; // every segment
+            }
+            if (tid == 0) {
+                out[0] = cnt.n_seg;
+            }
+            return;
         }
-        if (tid == 0) {
-            out[0] = cnt.n_seg;
+        // fused: every candidate (all of them rescored, n_cand <= top_k < n_rescore) is kept
+        for (int i = tid; i < n_in; i += nthreads) {
+            kept[i] = 1;
         }
-        return;
-    }
-    const int * cand = p.cand + ((int64_t) st*n_items + item)*(p.n_rescore + 1) + 1;
+        __syncthreads();
+    } else {
+        // shares: exp(exact - T) with T = logsumexp(exact over the candidates, always, sink), summed over the heads
+        for (int i = tid; i < n_in; i += nthreads) {
+            share[i] = 0.0f;
+        }
+        float base = 0.0f; // share of the always-attended cells (the same in every thread)
+        for (int g = 0; g < nh; ++g) {
+            const float * ex = p.exact + ((int64_t) st*p.n_hq + h0 + g)*p.n_rescore;
+            const float   ac = p.always[(int64_t) st*p.n_hq + h0 + g];
+            const float   sk = p.sinks ? p.sinks[h0 + g] : -INFINITY; // a sink logit is mass that is always there
+            const float   ah = fmaxf(ac, sk);
+            const float   al = ah == -INFINITY ? -INFINITY : ah + log1pf(expf(fminf(ac, sk) - ah));
+            float mx = al;
+            for (int i = tid; i < n_in; i += nthreads) {
+                mx = fmaxf(mx, ex[i]);
+            }
+            mx = radar_block_max(mx, red_f);
+            if (mx == -INFINITY) {
+                continue;
+            }
+            float sum = 0.0f;
+            for (int i = tid; i < n_in; i += nthreads) {
+                sum += expf(ex[i] - mx);
+            }
+            const float tot = mx + logf(radar_block_sum(sum, red_f) + expf(al - mx));
+            for (int i = tid; i < n_in; i += nthreads) {
+                share[i] += expf(ex[i] - tot);
+            }
+            base += expf(al - tot);
+        }
+        __syncthreads();
 
-    // shares: exp(exact - T) with T = logsumexp(exact over the candidates, always), summed over the heads
-    for (int i = tid; i < n_in; i += nthreads) {
-        share[i] = 0.0f;
-    }
-    float base = 0.0f; // share of the always-attended cells (the same in every thread)
-    const int h0 = p.shared ? item*p.gqa : item;
-    const int nh = p.shared ? p.gqa : 1;
-    for (int g = 0; g < nh; ++g) {
-        const float * ex = p.exact + ((int64_t) st*p.n_hq + h0 + g)*p.n_rescore;
-        const float   al = p.always[(int64_t) st*p.n_hq + h0 + g];
-        float mx = al;
-        for (int i = tid; i < n_in; i += nthreads) {
-            mx = fmaxf(mx, ex[i]);
+        // best first: shares are >= 0, so their bits order like them; ~index puts the lower index first on ties
+        for (int i = tid; i < n_pow2; i += nthreads) {
+            mkeys[i] = i < n_in ? ((uint64_t) __float_as_uint(share[i]) << 32) | (uint32_t) ~i : 0;
         }
-        mx = radar_block_max(mx, red_f);
-        if (mx == -INFINITY) {
-            continue;
-        }
-        float sum = 0.0f;
-        for (int i = tid; i < n_in; i += nthreads) {
-            sum += expf(ex[i] - mx);
-        }
-        const float tot = mx + logf(radar_block_sum(sum, red_f) + expf(al - mx));
-        for (int i = tid; i < n_in; i += nthreads) {
-            share[i] += expf(ex[i] - tot);
-        }
-        base += expf(al - tot);
-    }
-    __syncthreads();
-
-    // best first: shares are >= 0, so their bits order like them; ~index puts the lower index first on ties
-    for (int i = tid; i < n_pow2; i += nthreads) {
-        mkeys[i] = i < n_in ? ((uint64_t) __float_as_uint(share[i]) << 32) | (uint32_t) ~i : 0;
-    }
-    __syncthreads();
-    for (int k = 2; k <= n_pow2; k <<= 1) {
-        for (int j = k >> 1; j > 0; j >>= 1) {
-            for (int i = tid; i < n_pow2; i += nthreads) {
-                const int ij = i ^ j;
-                if (ij > i) {
-                    const uint64_t a = mkeys[i];
-                    const uint64_t b = mkeys[ij];
-                    if ((i & k) == 0 ? a < b : a > b) {
-                        mkeys[i]  = b;
-                        mkeys[ij] = a;
+        __syncthreads();
+        for (int k = 2; k <= n_pow2; k <<= 1) {
+            for (int j = k >> 1; j > 0; j >>= 1) {
+                for (int i = tid; i < n_pow2; i += nthreads) {
+                    const int ij = i ^ j;
+                    if (ij > i) {
+                        const uint64_t a = mkeys[i];
+                        const uint64_t b = mkeys[ij];
+                        if ((i & k) == 0 ? a < b : a > b) {
+                            mkeys[i]  = b;
+                            mkeys[ij] = a;
+                        }
                     }
                 }
+                __syncthreads();
             }
-            __syncthreads();
         }
-    }
 
-    // the first count whose kept share reaches the target: base + the shares before it, each thread taking a
-    // contiguous range of the ranking
-    const float target = p.mass*nh;
-    const int   per    = (n_in + nthreads - 1)/nthreads;
-    const int   j_beg  = min(tid*per, n_in);
-    const int   j_end  = min(j_beg + per, n_in);
-    float part = 0.0f;
-    for (int j = j_beg; j < j_end; ++j) {
-        part += __uint_as_float((uint32_t) (mkeys[j] >> 32));
-    }
-    part_sh[tid] = part;
-    if (tid == 0) {
-        cut_sh = n_in;
-    }
-    __syncthreads();
-    if (tid == 0) {
-        float run = base; // exclusive prefix of the thread ranges, from base
-        for (int t = 0; t < nthreads; ++t) {
-            const float x = part_sh[t];
-            part_sh[t] = run;
-            run += x;
-        }
-    }
-    __syncthreads();
-    if (p.mass < 1.0f) {
-        float known = part_sh[tid];
+        // the first count whose kept share reaches the target: base + the shares before it, each thread taking a
+        // contiguous range of the ranking
+        const float target = p.mass*nh;
+        float part = 0.0f;
         for (int j = j_beg; j < j_end; ++j) {
-            if (known >= target) {
-                atomicMin(&cut_sh, j);
-                break;
+            part += __uint_as_float((uint32_t) (mkeys[j] >> 32));
+        }
+        part_sh[tid] = part;
+        if (tid == 0) {
+            cut_sh = n_in;
+        }
+        __syncthreads();
+        if (tid == 0) {
+            float run = base; // exclusive prefix of the thread ranges, from base
+            for (int t = 0; t < nthreads; ++t) {
+                const float x = part_sh[t];
+                part_sh[t] = run;
+                run += x;
             }
-            known += __uint_as_float((uint32_t) (mkeys[j] >> 32));
         }
-    }
-    __syncthreads();
-    const int n_keep = p.mass < 1.0f ? min(n_in, max(p.top_k, cut_sh)) : n_in;
+        __syncthreads();
+        if (p.mass < 1.0f) {
+            float known = part_sh[tid];
+            for (int j = j_beg; j < j_end; ++j) {
+                if (known >= target) {
+                    atomicMin(&cut_sh, j);
+                    break;
+                }
+                known += __uint_as_float((uint32_t) (mkeys[j] >> 32));
+            }
+        }
+        __syncthreads();
+        const int n_keep = p.mass < 1.0f ? min(n_in, max(p.top_k, cut_sh)) : n_in;
 
-    // flags of the kept candidates, then their segments in ascending order (the candidate lists ascend)
-    int * kept = (int *) share;
-    for (int i = tid; i < n_in; i += nthreads) {
-        kept[i] = 0;
-    }
-    __syncthreads();
-    for (int j = tid; j < n_keep; j += nthreads) {
-        kept[(int) ~(uint32_t) mkeys[j]] = 1;
-    }
-    __syncthreads();
-    int n_mine = 0;
-    for (int i = j_beg; i < j_end; ++i) {
-        n_mine += kept[i];
-    }
-    int total;
-    int pos = radar_block_scan(n_mine, red_i, total);
-    for (int i = j_beg; i < j_end; ++i) {
-        if (kept[i]) {
-            out[1 + pos++] = cand[i];
+        // flags of the kept candidates
+        for (int i = tid; i < n_in; i += nthreads) {
+            kept[i] = 0;
+        }
+        __syncthreads();
+        for (int j = tid; j < n_keep; j += nthreads) {
+            kept[(int) ~(uint32_t) mkeys[j]] = 1;
+        }
+        __syncthreads();
+
+        if (!p.fused) {
+            // their segments in ascending order (the candidate lists ascend), then the recent ones
+            int       * out  = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
+            const int * cand = p.cand + ((int64_t) st*n_items + item)*(p.n_rescore + 1) + 1;
+            int n_mine = 0;
+            for (int i = j_beg; i < j_end; ++i) {
+                n_mine += kept[i];
+            }
+            int total;
+            int pos = radar_block_scan(n_mine, red_i, total);
+            for (int i = j_beg; i < j_end; ++i) {
+                if (kept[i]) {
+                    out[1 + pos++] = cand[i];
+                }
+            }
+            const int n_recent_seg = cnt.n_seg - n_cand;
+            for (int i = tid; i < n_recent_seg; i += nthreads) {
+                out[1 + n_keep + i] = n_cand + i;
+            }
+            if (tid == 0) {
+                out[0] = n_keep + n_recent_seg;
+            }
+            return;
         }
     }
-    const int n_recent_seg = cnt.n_seg - n_cand;
-    for (int i = tid; i < n_recent_seg; i += nthreads) {
-        out[1 + n_keep + i] = n_cand + i;
+
+    // fused: dst of each head = the outputs of its kept candidates and of its always-attended cells, weighted by
+    // their exact masses; the sink in the denominator. Thread t sums the candidates t/D, t/D + nthreads/D, ...
+    // of the value d = t % D, then the partial sums of a value are added
+    float * w_sh = share + p.n_rescore; // [n_rescore] weight of each kept candidate
+    const int d  = tid % D;
+    const int np = nthreads/D;
+    for (int g = 0; g < nh; ++g) {
+        const int     h  = h0 + g;
+        const float * ex = p.exact + ((int64_t) st*p.n_hq + h)*p.n_rescore;
+        const float   al = p.always[(int64_t) st*p.n_hq + h];
+        float mx = al;
+        for (int i = tid; i < n_in; i += nthreads) {
+            mx = kept[i] ? fmaxf(mx, ex[i]) : mx;
+        }
+        mx = radar_block_max(mx, red_f);
+        float s = 0.0f;
+        for (int i = tid; i < n_in; i += nthreads) {
+            const float w = kept[i] && mx != -INFINITY ? expf(ex[i] - mx) : 0.0f;
+            w_sh[i] = w;
+            s += w;
+        }
+        const float wa = mx == -INFINITY ? 0.0f : expf(al - mx);
+        const float S  = radar_block_sum(s, red_f) + wa; // its syncs make w_sh visible
+
+        const float * cp = p.cpart + ((int64_t) st*p.n_hq + h)*(p.n_rescore + 1)*D;
+        float o = tid < D ? wa*cp[(int64_t) p.n_rescore*D + d] : 0.0f;
+        for (int i = tid/D; i < n_in; i += np) {
+            const float w = w_sh[i];
+            if (w != 0.0f) {
+                o = fmaf(w, cp[(int64_t) i*D + d], o);
+            }
+        }
+        part_sh[tid] = o;
+        __syncthreads();
+        if (tid < D) {
+            for (int q = 1; q < np; ++q) {
+                o += part_sh[q*D + tid];
+            }
+            ((float *) (p.dst + h*p.nb1 + st*p.nb3))[d] = o*radar_out_scale(mx, S, p.sinks, h);
+        }
+        __syncthreads();
     }
-    if (tid == 0) {
-        out[0] = n_keep + n_recent_seg;
+}
+
+template <int D, ggml_type type_K>
+static void radar_rescore_launch_K(const radar_attn_params & p, const dim3 grid, cudaStream_t stream) {
+    if (p.fused) {
+        radar_rescore<D, type_K, type_K>        <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); // V of K's type
+    } else {
+        radar_rescore<D, type_K, GGML_TYPE_COUNT><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p);
     }
 }
 
@@ -728,9 +876,9 @@ template <int D>
 static void radar_rescore_launch_D(const ggml_type type_K, const radar_attn_params & p, const int ns, cudaStream_t stream) {
     const dim3 grid(p.n_rescore + (p.mass > 0.0f), p.n_hq, ns); // + the always-attended cells (mass target)
     switch (type_K) {
-        case GGML_TYPE_F32:  radar_rescore<D, GGML_TYPE_F32> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
-        case GGML_TYPE_F16:  radar_rescore<D, GGML_TYPE_F16> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
-        case GGML_TYPE_Q8_0: radar_rescore<D, GGML_TYPE_Q8_0><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F32:  radar_rescore_launch_K<D, GGML_TYPE_F32> (p, grid, stream); break;
+        case GGML_TYPE_F16:  radar_rescore_launch_K<D, GGML_TYPE_F16> (p, grid, stream); break;
+        case GGML_TYPE_Q8_0: radar_rescore_launch_K<D, GGML_TYPE_Q8_0>(p, grid, stream); break;
         default: GGML_ABORT("fatal error");
     }
 }
@@ -793,8 +941,8 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const radar_
             while (n_pow2 < p.n_rescore) {
                 n_pow2 *= 2;
             }
-            const size_t smem_mass = n_pow2*sizeof(uint64_t) + p.n_rescore*sizeof(float);
-            radar_select_mass<<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2);
+            const size_t smem_mass = n_pow2*sizeof(uint64_t) + (p.fused ? 2 : 1)*p.n_rescore*sizeof(float);
+            radar_select_mass<<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2, D);
         } else if (!p.select_in_attn) {
             radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
                 p, p.exact, p.n_rescore, p.cand, p.sel, p.n_seg_cap + 1, p.top_k, true);

@@ -214,6 +214,10 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     p.n_rescore = need_select && p.top_k > 0 && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
     // mass target: stage two keeps from top_k up to all n_rescore candidates, chosen by radar_select_mass
     p.mass = p.n_rescore > 0 ? ggml_get_op_params_f32(dst, 10) : 0.0f;
+    // fused: the rescoring reads the candidates' values too and the selection merges the kept ones (every kept
+    // cell is read once, two kernels fewer); RADAR_CUDA_UNFUSED=1 keeps the attention kernel (A/B)
+    static const bool unfused = getenv("RADAR_CUDA_UNFUSED") != nullptr && atoi(getenv("RADAR_CUDA_UNFUSED")) != 0;
+    p.fused = p.mass > 0.0f && v->type == k->type && !unfused;
 
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
     ggml_cuda_pool & pool = ctx.pool();
@@ -222,6 +226,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     ggml_cuda_pool_alloc<int>    cand_alloc(pool);
     ggml_cuda_pool_alloc<float>  exact_alloc(pool);
     ggml_cuda_pool_alloc<float>  always_alloc(pool);
+    ggml_cuda_pool_alloc<float>  cpart_alloc(pool);
     ggml_cuda_pool_alloc<float>  comb_alloc(pool);
     ggml_cuda_pool_alloc<float>  lq_alloc(pool);
     ggml_cuda_pool_alloc<float>  parts_alloc(pool);
@@ -238,7 +243,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
-        if (!p.select_in_attn) {
+        if (!p.select_in_attn && !p.fused) {
             p.sel = sel_alloc.alloc(ns*n_items*(p.n_seg_cap + 1));
         }
         if (p.n_rescore > 0) {
@@ -246,6 +251,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.exact = exact_alloc.alloc(ns*n_hq*p.n_rescore);
             if (p.mass > 0.0f) {
                 p.always = always_alloc.alloc(ns*n_hq);
+            }
+            if (p.fused) {
+                p.cpart = cpart_alloc.alloc(ns*n_hq*(p.n_rescore + 1)*D);
             }
         }
         if (p.shared) {
@@ -277,7 +285,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     const bool score_gqa = need_select &&
         (p.score == GGML_RADAR_SCORE_MEAN || p.score == GGML_RADAR_SCORE_MEANVAR || p.score == GGML_RADAR_SCORE_MINMAX);
 
-    if (n_split > 1) {
+    if (n_split > 1 && !p.fused) {
         p.dst_parts = parts_alloc.alloc(n_heads*n_split*D);
         p.dst_meta  = meta_alloc.alloc(n_heads*n_split);
         if (score_gqa) {
@@ -289,7 +297,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     if (need_select) {
         radar_score_select_launch(D, k->type, p, score_gqa, ns, stream);
     }
-    radar_attn_launch(D, k->type, v->type, p, n_split, ns, stream);
+    if (!p.fused) {
+        radar_attn_launch(D, k->type, v->type, p, n_split, ns, stream);
+    }
 #else
     GGML_UNUSED_VARS(ctx, dst);
     GGML_ABORT("fatal error");

@@ -67,6 +67,7 @@ temperature_float = float_range(0.0, what="a temperature (0: greedy)")
 top_p_float = float_range(0.0, 1.0, lo_open=True, what="a probability")
 _rescore_range = float_range(0.0, 64.0, what="a rescore factor (0: one stage)")
 share_float = float_range(0.0, 1.0, what="a share in [0, 1]")
+seconds_float = float_range(0.0, what="seconds (0: no limit)")
 
 
 def rescore_float(text: str) -> float:
@@ -230,7 +231,7 @@ def add_model_args(
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
-    """--gpu-layers, --rpc, --tensor-split, --split-mode: where the layers run."""
+    """--gpu-layers, --rpc, --rpc-timeout, --tensor-split, --split-mode: where the layers run."""
     parser.add_argument(
         "--gpu-layers",
         "-ngl",
@@ -244,6 +245,14 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT,...",
         help="RPC workers to spread the offloaded layers over (started with `radar-gguf rpc-server`)",
+    )
+    parser.add_argument(
+        "--rpc-timeout",
+        type=seconds_float,
+        default=None,
+        metavar="SECONDS",
+        help="a worker that does not answer within this many seconds is lost, like one that closed its "
+        "connection (0: wait forever; default: $GGML_RPC_TIMEOUT, else 300)",
     )
     parser.add_argument(
         "--tensor-split",
@@ -316,6 +325,7 @@ def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None
             seed=getattr(args, "seed", 0),
             verbose=args.verbose,
             rpc=args.rpc,
+            rpc_timeout=args.rpc_timeout,
             tensor_split=args.tensor_split,
             split_mode=args.split_mode,
         )

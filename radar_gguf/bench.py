@@ -142,6 +142,7 @@ def main(argv: Optional[list] = None) -> int:
             threads=args.threads,
             gpu_layers=args.gpu_layers,
             rpc=args.rpc,
+            rpc_timeout=args.rpc_timeout,
             tensor_split=args.tensor_split,
             split_mode=args.split_mode,
         )

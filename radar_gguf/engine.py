@@ -1020,6 +1020,7 @@ def load(
     flash_attn: bool = True,
     fit_check: bool = True,
     rpc: Optional[Union[str, Sequence[str]]] = None,
+    rpc_timeout: Optional[float] = None,
     tensor_split: Optional[Sequence[float]] = None,
     split_mode: str = "layer",
     **llama_kwargs: Any,
@@ -1043,6 +1044,10 @@ def load(
         rpc: RPC workers (``"host:port,host:port"`` or a list) to place the offloaded layers on, each
             started with ``radar-gguf rpc-server``; they are probed first (:class:`radar_gguf.rpc.RpcError`
             names one that cannot be used) and stay known to the process, as with llama.cpp's ``--rpc``.
+        rpc_timeout: seconds a worker may take to answer (the graph it computes included) before it counts
+            as lost (:class:`radar_gguf.rpc.RpcError` on the step); 0 waits forever. Default: the
+            ``GGML_RPC_TIMEOUT`` environment variable, else 300. A worker keeps the timeout of the first
+            load that names it in the process.
         tensor_split: the share of the offloaded layers each device takes, in llama.cpp's device order
             (RPC workers first, then local GPUs); default: by free memory.
         split_mode: ``"layer"`` (whole layers per device), ``"row"`` (rows of each matrix over the GPUs; not
@@ -1056,7 +1061,9 @@ def load(
     from . import rpc as _rpc
 
     if rpc:
-        _rpc.add_workers(rpc)
+        _rpc.add_workers(rpc, answer_timeout_s=rpc_timeout)
+    elif rpc_timeout is not None:
+        raise ValueError("rpc_timeout (--rpc-timeout) is given without RPC workers (rpc, --rpc)")
     path = resolve_model_path(model)
     return Model(
         path,

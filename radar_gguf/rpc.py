@@ -17,17 +17,22 @@ protocol refuses any version but its own).
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 # the patched ggml-rpc.h: RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION (the patch version is GGML_OP_COUNT with Radar)
 PROTO_VERSION = (7, 1, 103)
 DEFAULT_PORT = 50052  # ggml-rpc-server's default
 PROBE_TIMEOUT_S = 10.0
+# how long a worker may take to answer (a graph it computes included) before it counts as lost, as a closed
+# connection does; ggml's client waits forever without it (GGML_RPC_TIMEOUT, read when it connects)
+ANSWER_TIMEOUT_S = 300.0
+TIMEOUT_ENV = "GGML_RPC_TIMEOUT"
 WORKER_ENV = "RADAR_GGUF_RPC_SERVER"  # path of a ggml-rpc-server to run instead of the package's
 
 _CMD_HELLO = 14
@@ -122,17 +127,35 @@ _added: list[str] = []
 _in_use: dict[str, int] = {}  # endpoint -> models of this process that hold a connection to it
 
 
-def add_workers(spec: Endpoints, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
+def answer_timeout(seconds: Optional[float] = None) -> float:
+    """The answer timeout to use: ``seconds`` if given, else ``GGML_RPC_TIMEOUT`` if set, else
+    :data:`ANSWER_TIMEOUT_S`; 0 waits forever. A negative or unreadable value is a ValueError."""
+    if seconds is None:
+        text = os.environ.get(TIMEOUT_ENV, "")
+        try:
+            seconds = float(text) if text.strip() else ANSWER_TIMEOUT_S
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected seconds (0: wait forever)") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"rpc timeout: expected seconds >= 0 (0: wait forever), got {seconds!r}")
+    return float(seconds)
+
+
+def add_workers(
+    spec: Endpoints, timeout: float = PROBE_TIMEOUT_S, answer_timeout_s: Optional[float] = None
+) -> list[str]:
     """Probe the workers and add their devices to ggml's registry (once per worker and process).
 
     After this, a model loaded with ``gpu_layers`` != 0 places layers on these workers, as llama.cpp's
     ``--rpc`` does. Workers stay added for the life of the process (ggml has no way to remove them). A
     worker is probed at every call unless a model of this process holds its connection (a worker serves
-    one client at a time: the probe would wait behind our own connection).
+    one client at a time: the probe would wait behind our own connection). ``answer_timeout_s`` (see
+    :func:`answer_timeout`) is the timeout of a worker added here; one added before keeps its own.
     """
     from . import _lib
 
     endpoints = parse_endpoints(spec)
+    wait = answer_timeout(answer_timeout_s)
     lib = _lib.ggml_rpc()
     with _lock:
         for ep in endpoints:
@@ -140,7 +163,16 @@ def add_workers(spec: Endpoints, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
                 probe(ep, timeout)
             if ep in _added:
                 continue
-            reg = lib.add_server(ep.encode())
+            # patch 0007 reads the timeout from the environment in add_server and keeps it for the worker
+            before = os.environ.get(TIMEOUT_ENV)
+            os.environ[TIMEOUT_ENV] = f"{wait:g}"
+            try:
+                reg = lib.add_server(ep.encode())
+            finally:
+                if before is None:
+                    del os.environ[TIMEOUT_ENV]
+                else:
+                    os.environ[TIMEOUT_ENV] = before
             if not reg:
                 raise RpcError(f"rpc worker {ep}: it reports no device")
             lib.register(reg)

@@ -321,6 +321,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.error("--parallel must be in [1, 256]")
     if args.radar_features != RadarConfig().n_feat:
         parser.error("--radar-features cannot be passed to llama-server (LLAMA_RADAR has no key for it)")
+    if args.rpc_timeout is not None and not args.rpc:
+        parser.error("--rpc-timeout is given without --rpc workers")
     try:
         return serve(args, radar, extra)
     except LaunchError as e:
@@ -360,6 +362,15 @@ def serve(args: argparse.Namespace, radar: RadarConfig, extra: list) -> int:
     check_port(args.host, args.port)
 
     env = dict(os.environ, LLAMA_RADAR=radar_env(radar))
+    if args.rpc:
+        from .rpc import TIMEOUT_ENV, answer_timeout
+
+        try:
+            env[TIMEOUT_ENV] = (
+                f"{answer_timeout(args.rpc_timeout):g}"  # read by ggml's RPC client in the server
+            )
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
     if args.api_key:
         env["LLAMA_API_KEY"] = args.api_key  # not on the command line, where ps shows it
     argv = server_argv(exe, path, args, extra)

@@ -227,3 +227,63 @@ def test_a_worker_killed_mid_generation_is_an_error_and_the_client_goes_on(model
             radar_gguf.load(model_path, ctx=512, rpc=[w.endpoint])
     finally:
         w.stop()
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_is_an_error_after_the_rpc_timeout(model_path):
+    """A worker that stops answering (SIGSTOP: the process is there, its socket open) fails the step after
+    rpc_timeout seconds, with the timeout in the message, instead of a wait without end."""
+    w = Worker()
+    try:
+        m = radar_gguf.load(
+            model_path, ctx=1024, rpc=[w.endpoint], gpu_layers=SPLIT_LAYERS, threads=2, rpc_timeout=3
+        )
+        n = 0
+        t0 = None
+        with pytest.raises(rpc.RpcError, match=rf"RPC server {w.endpoint} did not answer within 3 s"):
+            for _ in m.stream_generate("Count from one to one hundred:", max_tokens=64):
+                n += 1
+                if n == 3:
+                    os.kill(w.proc.pid, signal.SIGSTOP)
+                    t0 = time.monotonic()
+                    # without a working timeout the step would wait for ever: wake the worker after a minute
+                    # so that the test fails (on the timing below) instead of hanging
+                    watchdog = threading.Timer(60, os.kill, (w.proc.pid, signal.SIGCONT))
+                    watchdog.start()
+        waited = time.monotonic() - t0
+        watchdog.cancel()
+        assert n == 3  # no token after the worker froze
+        assert 2.5 < waited < 60, waited  # the timeout, not another failure (and not a hang)
+        with pytest.raises(rpc.RpcError, match="did not answer"):  # the model stays failed, and says why
+            m.generate("again", max_tokens=2)
+        m.close()
+        assert rpc.TIMEOUT_ENV not in os.environ or os.environ[rpc.TIMEOUT_ENV] != "3"  # not left for others
+    finally:
+        if w.proc.poll() is None:
+            os.kill(w.proc.pid, signal.SIGCONT)
+        w.stop()
+
+
+def test_rpc_timeout_values_are_checked(monkeypatch):
+    monkeypatch.delenv(rpc.TIMEOUT_ENV, raising=False)
+    assert rpc.answer_timeout() == rpc.ANSWER_TIMEOUT_S
+    assert rpc.answer_timeout(0) == 0.0  # wait forever, ggml's own behaviour
+    monkeypatch.setenv(rpc.TIMEOUT_ENV, "12.5")
+    assert rpc.answer_timeout() == 12.5
+    assert rpc.answer_timeout(2) == 2.0  # the argument wins over the environment
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rpc timeout"):
+            rpc.answer_timeout(bad)
+    monkeypatch.setenv(rpc.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match="GGML_RPC_TIMEOUT='soon'"):
+        rpc.answer_timeout()
+    with pytest.raises(ValueError, match="without RPC workers"):
+        radar_gguf.load(None, ctx=512, rpc_timeout=5)
+
+
+def test_cli_rpc_timeout_errors_are_one_line():
+    for value in ("-1", "soon"):
+        r = run_cli("--rpc-timeout", value, "--rpc", "127.0.0.1:1", "-p", "hi")
+        assert r.returncode == 2 and "--rpc-timeout" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("--rpc-timeout", "5", module="radar_gguf.serve")
+    assert r.returncode == 2 and "without --rpc" in r.stderr and "Traceback" not in r.stderr, r.stderr

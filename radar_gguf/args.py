@@ -310,6 +310,18 @@ def parse_args_and_radar(parser: argparse.ArgumentParser, argv: Optional[list]) 
         parser.error(str(e))
 
 
+def device_kwargs(args: argparse.Namespace) -> dict:
+    """The ``load()`` arguments of :func:`add_device_args`' flags (and --threads): where the layers run."""
+    return dict(
+        gpu_layers=args.gpu_layers,
+        threads=args.threads,
+        rpc=args.rpc,
+        rpc_timeout=args.rpc_timeout,
+        tensor_split=args.tensor_split,
+        split_mode=args.split_mode,
+    )
+
+
 def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None):
     """Load the model the shared flags name; on a bad model file, print the error and return None."""
     from .engine import load
@@ -320,14 +332,9 @@ def load_from_args(args: argparse.Namespace, radar: Optional[RadarConfig] = None
             args.model,
             ctx=args.ctx,
             radar=radar or radar_from_args(args),
-            gpu_layers=args.gpu_layers,
-            threads=args.threads,
             seed=getattr(args, "seed", 0),
             verbose=args.verbose,
-            rpc=args.rpc,
-            rpc_timeout=args.rpc_timeout,
-            tensor_split=args.tensor_split,
-            split_mode=args.split_mode,
+            **device_kwargs(args),
         )
     except (HubError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

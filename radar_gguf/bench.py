@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .args import add_device_args, add_radar_args, positive_int, radar_from_args
+from .args import add_device_args, add_radar_args, device_kwargs, positive_int, radar_from_args
 from .config import RadarConfig
 from .engine import prefill_bar
 from .sizes import argparse_size, format_size
@@ -135,17 +135,7 @@ def main(argv: Optional[list] = None) -> int:
 
     n_ctx = depths[-1] + args.n_gen + 64
     try:
-        model = load(
-            args.model,
-            ctx=n_ctx,
-            radar=radar,
-            threads=args.threads,
-            gpu_layers=args.gpu_layers,
-            rpc=args.rpc,
-            rpc_timeout=args.rpc_timeout,
-            tensor_split=args.tensor_split,
-            split_mode=args.split_mode,
-        )
+        model = load(args.model, ctx=n_ctx, radar=radar, **device_kwargs(args))
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """The house rules a newcomer relies on, checked on the source: no import loop between the package's modules,
-the product apart from the lab, every command with ``setup_arg_parser()`` and ``main()``, and a reason at
-the top of any module over 600 lines."""
+the product apart from the lab, every command with ``setup_arg_parser()`` and ``main()``, a reason at
+the top of any module over 600 lines, and the constants the package shares with the native patches."""
 
 from __future__ import annotations
 
@@ -81,3 +81,15 @@ def test_long_modules_say_why():
         if lines > 600:
             doc = ast.get_docstring(ast.parse(p.read_text())) or ""
             assert "Why" in doc, f"{n} has {lines} lines and no reason at its top"
+
+
+def test_the_device_thresholds_match_the_library():
+    """``RadarConfig.describe()`` and the docs state the `dense_below` the library picks per device: the
+    package's constants must be the patched llama.h's, or a user reads one threshold and gets another."""
+    import re
+
+    from radar_gguf.config import DENSE_BELOW_CPU, DENSE_BELOW_GPU
+
+    patch = next((PKG.parent / "native" / "patches").glob("*Radar-segment-summaries*.patch")).read_text()
+    found = dict(re.findall(r"#define LLAMA_RADAR_DENSE_BELOW_(CPU|GPU) +(\d+)", patch))
+    assert found == {"CPU": str(DENSE_BELOW_CPU), "GPU": str(DENSE_BELOW_GPU)}

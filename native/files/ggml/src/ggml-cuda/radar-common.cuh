@@ -52,7 +52,7 @@ struct radar_attn_params {
     int    * cand;           // [1 + n_rescore, n_sel_items, ns] rescore: number of candidates of stage 1, then their ids
     float  * exact;          // [n_rescore, n_hq, ns] rescore: exact score of each candidate of stage 1 per query head
     float  * always;         // [n_hq, ns] mass target: log mass of the always-attended cells (the sink logit not included)
-    float  * cpart;          // [D, n_rescore + 1, n_hq, ns] fused mass target: attention output over the cells of each
+    float  * cpart;          // [D, n_rescore + 1, n_hq, ns] mass target: attention output over the cells of each
                              // candidate of stage 1, then over the always-attended cells (normalized within each)
     float  * dst_parts;      // [D, n_split, n_hq, ns] unnormalized VKQ of each block
     float2 * dst_meta;       // [n_split, n_hq, ns] (max, sum) of each block
@@ -71,8 +71,6 @@ struct radar_attn_params {
     int L, top_k, n_sink, n_recent;
     int n_rescore;           // two-stage selection: candidates of stage 1, min(op param 9, segments); 0: one stage
     float mass;              // mass target of stage two (op param 10); 0: keep top_k
-    bool fused;              // mass target with K and V of one type: radar_rescore also attends each candidate's V,
-                             // radar_select_mass merges the kept candidates into dst (no radar_attn_kernel)
     int score;
     bool shared, mask_f16;
     bool s_f16;              // summaries stored as half
@@ -632,7 +630,7 @@ void radar_summarize_launch(ggml_type type_K, const radar_summarize_params & p, 
 
 // radar-select.cu: steps 1-3 of GGML_OP_RADAR_ATTN, only when a stream can have more than top_k candidates;
 // with p.n_rescore the two-stage selection (select n_rescore, rescore them exactly, select top_k)
-void radar_score_select_launch(int D, ggml_type type_K, const radar_attn_params & p, bool score_gqa, int ns, cudaStream_t stream);
+void radar_score_select_launch(int D, ggml_type type_K, ggml_type type_V, const radar_attn_params & p, bool score_gqa, int ns, cudaStream_t stream);
 
 // radar-attn.cu: steps 4-5 of GGML_OP_RADAR_ATTN, n_split blocks per head
 void radar_attn_launch(int D, ggml_type type_K, ggml_type type_V, const radar_attn_params & p, int n_split, int ns, cudaStream_t stream);

@@ -16,6 +16,10 @@
 //      radar_select:            top-k of those by exact score (shared: by the group's summed attention
 //                               share over its candidates), then the recent segments, into p.sel; with
 //                               per-head selection and a small top_k inside radar_attn_kernel instead
+//      with a mass target (p.mass), instead of the last select and the attention (radar-attn.cu):
+//      radar_rescore:           also the attention output over each candidate's cells, and over the cells
+//                               always attended (sinks, recent segments, tail), into p.cpart
+//      radar_select_mass:       the candidates by attention share until the target, merged into dst
 #include "radar-common.cuh"
 
 #ifdef RADAR_CUDA_AVAILABLE
@@ -260,10 +264,10 @@ static __global__ void radar_score_oracle(const radar_attn_params p) {
 // threads of the block, and each thread has its K rows and mask values of a batch in flight at once (no
 // load waits on another: the mask does not predicate the K load), so that a candidate costs about one
 // round trip to memory instead of one per cell; the (max, sum) of the threads merge in shared memory.
-// With type_V (p.fused, a mass target): the V rows of the batch are loaded with the K rows, and the block
-// also writes the attention output over the candidate's cells (p.cpart), which radar_select_mass merges for
-// the kept candidates: every kept cell is read once, and no attention kernel runs after the selection.
-// type_V == GGML_TYPE_COUNT: exact scores only.
+// With type_V (a mass target): the V rows of the batch are loaded with the K rows, and the block also writes
+// the attention output over the candidate's cells (p.cpart), which radar_select_mass merges for the kept
+// candidates: every kept cell is read once, and no attention kernel runs after the selection. The block
+// past the candidates does the same for the always-attended cells. type_V == GGML_TYPE_COUNT: scores only.
 template <int D, ggml_type type_K, ggml_type type_V>
 __launch_bounds__(RADAR_RESCORE_NTHREADS)
 static __global__ void radar_rescore(const radar_attn_params p) {
@@ -294,8 +298,8 @@ static __global__ void radar_rescore(const radar_attn_params p) {
 
     // the candidate's id is read together with the counts (an entry past the list is never used). With a
     // mass target, block i == n_rescore scores the always-attended cells instead: the sinks [0, n0) and the
-    // recent segments with the tail [c1, n_kv), laid end to end as cells [0, n0 + n_kv - c1). Fused, every
-    // candidate is scored also when no more than top_k exist (then all of them are kept).
+    // recent segments with the tail [c1, n_kv), laid end to end as cells [0, n0 + n_kv - c1). With the values,
+    // every candidate is scored also when no more than top_k exist (then all of them are kept).
     const bool         alw  = i == p.n_rescore;
     const int          item = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
     const int          sg   = alw ? 0 : p.cand[(int64_t) item*(p.n_rescore + 1) + 1 + i];
@@ -641,16 +645,37 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
     }
 }
 
+// inclusive prefix sum of x over the threads of the block, in thread order
+static __device__ __forceinline__ float radar_block_scan_f(const float x, float * red) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    float incl = x;
+#pragma unroll
+    for (int offset = 1; offset < WARP_SIZE; offset <<= 1) {
+        const float y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
+        incl += lane >= offset ? y : 0.0f;
+    }
+    if (lane == WARP_SIZE - 1) {
+        red[warp] = incl;
+    }
+    __syncthreads();
+    float before = 0.0f;
+    for (int w = 0; w < warp; ++w) {
+        before += red[w];
+    }
+    __syncthreads();
+    return before + incl;
+}
+
 // stage two with a mass target (p.mass > 0): each head's exact scores of its candidates (p.cand, p.exact) and
 // the mass of its always-attended cells (p.always, with the sink logit) become shares of all the mass the two
 // stages know of, summed over the group when shared; the candidates are ranked by share (ties to the lower
 // segment) with a bitonic sort in shared memory, the top_k best kept, then more while the kept share is below
-// p.mass (p.mass times the group size when shared), up to all of them (all of them at p.mass = 1). Unfused:
-// writes p.sel as radar_select does (the count, the kept segments ascending, then the recent ones) for
-// radar_attn_kernel. Fused (p.fused): merges the outputs of the kept candidates and of the always-attended
-// cells (p.cpart, from radar_rescore) into dst, for every query head of the selection. One block per
-// selection; dynamic shared memory: n_pow2 sort keys (8 bytes) + n_rescore floats (+ n_rescore weights
-// fused), n_rescore <= RADAR_MASS_MAX_CAND.
+// p.mass (p.mass times the group size when shared), up to all of them (all of them at p.mass = 1). Then dst of
+// every query head of the selection: the outputs of its kept candidates and of its always-attended cells
+// (p.cpart, from radar_rescore) weighted by their exact masses, the sink in the denominator. One block per
+// selection; dynamic shared memory: n_pow2 sort keys (8 bytes) + 2 n_rescore floats, n_rescore <=
+// RADAR_MASS_MAX_CAND.
 __launch_bounds__(RADAR_SELECT_NTHREADS)
 static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2, const int D) {
     constexpr int nthreads = RADAR_SELECT_NTHREADS;
@@ -660,42 +685,21 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
     const int st   = blockIdx.y;
     const int tid  = threadIdx.x;
 
-    extern __shared__ uint64_t mkeys[];   // [n_pow2] (share bits << 32) | ~index, sorted descending
-    float * share = (float *) (mkeys + n_pow2); // [n_rescore] summed share of each candidate, then kept flags
+    extern __shared__ uint64_t mkeys[];         // [n_pow2] (share bits << 32) | ~index, sorted descending
+    float * share = (float *) (mkeys + n_pow2); // [n_rescore] summed share of each candidate
+    float * w_sh  = share + p.n_rescore;        // [n_rescore] weight of each candidate in dst (0: not kept)
     __shared__ float red_f[nwarps];
-    __shared__ int   red_i[nwarps];
     __shared__ float part_sh[nthreads];
     __shared__ int   cut_sh;
 
-    const int n_items = p.shared ? p.n_hkv : p.n_hq;
-    const int h0      = p.shared ? item*p.gqa : item;
-    const int nh      = p.shared ? p.gqa : 1;
+    const int h0 = p.shared ? item*p.gqa : item;
+    const int nh = p.shared ? p.gqa : 1;
 
     const radar_counts cnt = radar_get_counts(p, st);
-    const int n_cand = cnt.n_cand;
-    const int n_in   = min(p.n_rescore, n_cand);
-    int     * kept   = (int *) share;
-    const int per    = (n_in + nthreads - 1)/nthreads;
-    const int j_beg  = min(tid*per, n_in);
-    const int j_end  = min(j_beg + per, n_in);
+    const int n_in   = min(p.n_rescore, cnt.n_cand);
+    int       n_keep = n_in; // no more candidates than top_k (all rescored, n_cand <= top_k < n_rescore): all kept
 
-    if (n_cand <= p.top_k) {
-        if (!p.fused) {
-            int * out = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
-            for (int i = tid; i < cnt.n_seg; i += nthreads) {
-                out[1 + i] = i; // every segment
-            }
-            if (tid == 0) {
-                out[0] = cnt.n_seg;
-            }
-            return;
-        }
-        // fused: every candidate (all of them rescored, n_cand <= top_k < n_rescore) is kept
-        for (int i = tid; i < n_in; i += nthreads) {
-            kept[i] = 1;
-        }
-        __syncthreads();
-    } else {
+    if (cnt.n_cand > p.top_k) {
         // shares: exp(exact - T) with T = logsumexp(exact over the candidates, always, sink), summed over the heads
         for (int i = tid; i < n_in; i += nthreads) {
             share[i] = 0.0f;
@@ -751,27 +755,19 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
 
         // the first count whose kept share reaches the target: base + the shares before it, each thread taking a
         // contiguous range of the ranking
-        const float target = p.mass*nh;
-        float part = 0.0f;
-        for (int j = j_beg; j < j_end; ++j) {
-            part += __uint_as_float((uint32_t) (mkeys[j] >> 32));
-        }
-        part_sh[tid] = part;
-        if (tid == 0) {
-            cut_sh = n_in;
-        }
-        __syncthreads();
-        if (tid == 0) {
-            float run = base; // exclusive prefix of the thread ranges, from base
-            for (int t = 0; t < nthreads; ++t) {
-                const float x = part_sh[t];
-                part_sh[t] = run;
-                run += x;
-            }
-        }
-        __syncthreads();
         if (p.mass < 1.0f) {
-            float known = part_sh[tid];
+            const int per   = (n_in + nthreads - 1)/nthreads;
+            const int j_beg = min(tid*per, n_in);
+            const int j_end = min(j_beg + per, n_in);
+            float part = 0.0f;
+            for (int j = j_beg; j < j_end; ++j) {
+                part += __uint_as_float((uint32_t) (mkeys[j] >> 32));
+            }
+            if (tid == 0) {
+                cut_sh = n_in;
+            }
+            float known = base + radar_block_scan_f(part, red_f) - part; // its syncs publish cut_sh
+            const float target = p.mass*nh;
             for (int j = j_beg; j < j_end; ++j) {
                 if (known >= target) {
                     atomicMin(&cut_sh, j);
@@ -779,50 +775,28 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
                 }
                 known += __uint_as_float((uint32_t) (mkeys[j] >> 32));
             }
-        }
-        __syncthreads();
-        const int n_keep = p.mass < 1.0f ? min(n_in, max(p.top_k, cut_sh)) : n_in;
-
-        // flags of the kept candidates
-        for (int i = tid; i < n_in; i += nthreads) {
-            kept[i] = 0;
-        }
-        __syncthreads();
-        for (int j = tid; j < n_keep; j += nthreads) {
-            kept[(int) ~(uint32_t) mkeys[j]] = 1;
-        }
-        __syncthreads();
-
-        if (!p.fused) {
-            // their segments in ascending order (the candidate lists ascend), then the recent ones
-            int       * out  = p.sel + ((int64_t) st*n_items + item)*(p.n_seg_cap + 1);
-            const int * cand = p.cand + ((int64_t) st*n_items + item)*(p.n_rescore + 1) + 1;
-            int n_mine = 0;
-            for (int i = j_beg; i < j_end; ++i) {
-                n_mine += kept[i];
-            }
-            int total;
-            int pos = radar_block_scan(n_mine, red_i, total);
-            for (int i = j_beg; i < j_end; ++i) {
-                if (kept[i]) {
-                    out[1 + pos++] = cand[i];
-                }
-            }
-            const int n_recent_seg = cnt.n_seg - n_cand;
-            for (int i = tid; i < n_recent_seg; i += nthreads) {
-                out[1 + n_keep + i] = n_cand + i;
-            }
-            if (tid == 0) {
-                out[0] = n_keep + n_recent_seg;
-            }
-            return;
+            __syncthreads();
+            n_keep = min(n_in, max(p.top_k, cut_sh));
         }
     }
 
-    // fused: dst of each head = the outputs of its kept candidates and of its always-attended cells, weighted by
-    // their exact masses; the sink in the denominator. Thread t sums the candidates t/D, t/D + nthreads/D, ...
-    // of the value d = t % D, then the partial sums of a value are added
-    float * w_sh = share + p.n_rescore; // [n_rescore] weight of each kept candidate
+    // kept: the first n_keep of the ranking (all n_in without a ranking); w_sh is 1 for them, 0 for the others
+    for (int i = tid; i < n_in; i += nthreads) {
+        w_sh[i] = n_keep == n_in ? 1.0f : 0.0f;
+    }
+    __syncthreads();
+    if (n_keep < n_in) {
+        for (int j = tid; j < n_keep; j += nthreads) {
+            w_sh[(int) ~(uint32_t) mkeys[j]] = 1.0f;
+        }
+        __syncthreads();
+    }
+    for (int i = tid; i < n_in; i += nthreads) {
+        share[i] = w_sh[i]; // the flags, as the weights of each head overwrite w_sh
+    }
+
+    // dst of each head; thread t sums the candidates t/D, t/D + nthreads/D, ... of the value t % D, in batches
+    // of independent loads, then the partial sums of a value are added
     const int d  = tid % D;
     const int np = nthreads/D;
     for (int g = 0; g < nh; ++g) {
@@ -831,24 +805,32 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
         const float   al = p.always[(int64_t) st*p.n_hq + h];
         float mx = al;
         for (int i = tid; i < n_in; i += nthreads) {
-            mx = kept[i] ? fmaxf(mx, ex[i]) : mx;
+            mx = share[i] != 0.0f ? fmaxf(mx, ex[i]) : mx;
         }
-        mx = radar_block_max(mx, red_f);
+        mx = radar_block_max(mx, red_f); // its syncs also order the flags before w_sh is rewritten
         float s = 0.0f;
         for (int i = tid; i < n_in; i += nthreads) {
-            const float w = kept[i] && mx != -INFINITY ? expf(ex[i] - mx) : 0.0f;
+            const float w = share[i] != 0.0f && mx != -INFINITY ? expf(ex[i] - mx) : 0.0f;
             w_sh[i] = w;
             s += w;
         }
         const float wa = mx == -INFINITY ? 0.0f : expf(al - mx);
-        const float S  = radar_block_sum(s, red_f) + wa; // its syncs make w_sh visible
+        const float S  = radar_block_sum(s, red_f) + wa; // its syncs publish w_sh
 
         const float * cp = p.cpart + ((int64_t) st*p.n_hq + h)*(p.n_rescore + 1)*D;
         float o = tid < D ? wa*cp[(int64_t) p.n_rescore*D + d] : 0.0f;
-        for (int i = tid/D; i < n_in; i += np) {
-            const float w = w_sh[i];
-            if (w != 0.0f) {
-                o = fmaf(w, cp[(int64_t) i*D + d], o);
+        constexpr int nb = 8;
+        for (int i0 = tid/D; i0 < n_in; i0 += nb*np) {
+            float x[nb];
+#pragma unroll
+            for (int j = 0; j < nb; ++j) {
+                const int i = i0 + j*np;
+                x[j] = i < n_in ? cp[(int64_t) i*D + d] : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < nb; ++j) {
+                const int i = i0 + j*np;
+                o = i < n_in ? fmaf(w_sh[i], x[j], o) : o;
             }
         }
         part_sh[tid] = o;
@@ -864,21 +846,27 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
 }
 
 template <int D, ggml_type type_K>
-static void radar_rescore_launch_K(const radar_attn_params & p, const dim3 grid, cudaStream_t stream) {
-    if (p.fused) {
-        radar_rescore<D, type_K, type_K>        <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); // V of K's type
-    } else {
-        radar_rescore<D, type_K, GGML_TYPE_COUNT><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p);
+static void radar_rescore_launch_K(const ggml_type type_V, const radar_attn_params & p, const dim3 grid, cudaStream_t stream) {
+    if (p.mass == 0.0f) {
+        radar_rescore<D, type_K, GGML_TYPE_COUNT><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); // scores only
+        return;
+    }
+    switch (type_V) {
+        case GGML_TYPE_F32:  radar_rescore<D, type_K, GGML_TYPE_F32> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F16:  radar_rescore<D, type_K, GGML_TYPE_F16> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_Q8_0: radar_rescore<D, type_K, GGML_TYPE_Q8_0><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        default: GGML_ABORT("fatal error");
     }
 }
 
 template <int D>
-static void radar_rescore_launch_D(const ggml_type type_K, const radar_attn_params & p, const int ns, cudaStream_t stream) {
+static void radar_rescore_launch_D(const ggml_type type_K, const ggml_type type_V, const radar_attn_params & p, const int ns,
+        cudaStream_t stream) {
     const dim3 grid(p.n_rescore + (p.mass > 0.0f), p.n_hq, ns); // + the always-attended cells (mass target)
     switch (type_K) {
-        case GGML_TYPE_F32:  radar_rescore_launch_K<D, GGML_TYPE_F32> (p, grid, stream); break;
-        case GGML_TYPE_F16:  radar_rescore_launch_K<D, GGML_TYPE_F16> (p, grid, stream); break;
-        case GGML_TYPE_Q8_0: radar_rescore_launch_K<D, GGML_TYPE_Q8_0>(p, grid, stream); break;
+        case GGML_TYPE_F32:  radar_rescore_launch_K<D, GGML_TYPE_F32> (type_V, p, grid, stream); break;
+        case GGML_TYPE_F16:  radar_rescore_launch_K<D, GGML_TYPE_F16> (type_V, p, grid, stream); break;
+        case GGML_TYPE_Q8_0: radar_rescore_launch_K<D, GGML_TYPE_Q8_0>(type_V, p, grid, stream); break;
         default: GGML_ABORT("fatal error");
     }
 }
@@ -915,7 +903,7 @@ static void radar_score_launch_D(const ggml_type type_K, const radar_attn_params
     }
 }
 
-void radar_score_select_launch(const int D, const ggml_type type_K, const radar_attn_params & p, const bool score_gqa,
+void radar_score_select_launch(const int D, const ggml_type type_K, const ggml_type type_V, const radar_attn_params & p, const bool score_gqa,
         const int ns, cudaStream_t stream) {
     switch (D) {
         case  64: radar_score_launch_D< 64>(type_K, p, score_gqa, ns, stream); break;
@@ -931,9 +919,9 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const radar_
         radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
             p, p.scores, p.n_seg_cap, nullptr, p.cand, p.n_rescore + 1, p.n_rescore, false);
         switch (D) {
-            case  64: radar_rescore_launch_D< 64>(type_K, p, ns, stream); break;
-            case 128: radar_rescore_launch_D<128>(type_K, p, ns, stream); break;
-            case 256: radar_rescore_launch_D<256>(type_K, p, ns, stream); break;
+            case  64: radar_rescore_launch_D< 64>(type_K, type_V, p, ns, stream); break;
+            case 128: radar_rescore_launch_D<128>(type_K, type_V, p, ns, stream); break;
+            case 256: radar_rescore_launch_D<256>(type_K, type_V, p, ns, stream); break;
             default: GGML_ABORT("fatal error");
         }
         if (p.mass > 0.0f) {
@@ -941,7 +929,7 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const radar_
             while (n_pow2 < p.n_rescore) {
                 n_pow2 *= 2;
             }
-            const size_t smem_mass = n_pow2*sizeof(uint64_t) + (p.fused ? 2 : 1)*p.n_rescore*sizeof(float);
+            const size_t smem_mass = n_pow2*sizeof(uint64_t) + 2*p.n_rescore*sizeof(float);
             radar_select_mass<<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2, D);
         } else if (!p.select_in_attn) {
             radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(

@@ -212,12 +212,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     // (with top_k = 0 nothing is kept whatever the scores: one stage)
     const int n_rescore = ggml_get_op_params_i32(dst, 9);
     p.n_rescore = need_select && p.top_k > 0 && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
-    // mass target: stage two keeps from top_k up to all n_rescore candidates, chosen by radar_select_mass
+    // mass target: stage two keeps from top_k up to all n_rescore candidates, chosen by radar_select_mass, which
+    // also merges the outputs radar_rescore wrote for them: every kept cell is read once, no radar_attn_kernel
     p.mass = p.n_rescore > 0 ? ggml_get_op_params_f32(dst, 10) : 0.0f;
-    // fused: the rescoring reads the candidates' values too and the selection merges the kept ones (every kept
-    // cell is read once, two kernels fewer); RADAR_CUDA_UNFUSED=1 keeps the attention kernel (A/B)
-    static const bool unfused = getenv("RADAR_CUDA_UNFUSED") != nullptr && atoi(getenv("RADAR_CUDA_UNFUSED")) != 0;
-    p.fused = p.mass > 0.0f && v->type == k->type && !unfused;
 
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
     ggml_cuda_pool & pool = ctx.pool();
@@ -243,7 +240,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
-        if (!p.select_in_attn && !p.fused) {
+        if (!p.select_in_attn && p.mass == 0.0f) {
             p.sel = sel_alloc.alloc(ns*n_items*(p.n_seg_cap + 1));
         }
         if (p.n_rescore > 0) {
@@ -251,9 +248,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.exact = exact_alloc.alloc(ns*n_hq*p.n_rescore);
             if (p.mass > 0.0f) {
                 p.always = always_alloc.alloc(ns*n_hq);
-            }
-            if (p.fused) {
-                p.cpart = cpart_alloc.alloc(ns*n_hq*(p.n_rescore + 1)*D);
+                p.cpart  = cpart_alloc.alloc(ns*n_hq*(p.n_rescore + 1)*D);
             }
         }
         if (p.shared) {
@@ -272,8 +267,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     int64_t       n_att_est = n_kv + std::min((int64_t) p.n_sink, n_kv);
     if (need_select) {
         const int64_t n_recent_seg = ((int64_t) p.n_recent + p.L - 1)/p.L;
-        const int64_t n_kept_max = p.mass > 0.0f ? p.n_rescore : p.top_k; // a mass target keeps up to all candidates
-        n_att_est = std::min(n_att_est, p.n_sink + (n_kept_max + n_recent_seg + 1)*p.L + 256);
+        n_att_est = std::min(n_att_est, p.n_sink + (p.top_k + n_recent_seg + 1)*p.L + 256);
     }
     const int64_t n_tiles   = (n_att_est + RADAR_ATTN_TILE - 1)/RADAR_ATTN_TILE;
     const int64_t n_heads   = n_hq*ns;
@@ -285,7 +279,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     const bool score_gqa = need_select &&
         (p.score == GGML_RADAR_SCORE_MEAN || p.score == GGML_RADAR_SCORE_MEANVAR || p.score == GGML_RADAR_SCORE_MINMAX);
 
-    if (n_split > 1 && !p.fused) {
+    if (n_split > 1 && p.mass == 0.0f) {
         p.dst_parts = parts_alloc.alloc(n_heads*n_split*D);
         p.dst_meta  = meta_alloc.alloc(n_heads*n_split);
         if (score_gqa) {
@@ -295,9 +289,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 
     cudaStream_t stream = ctx.stream();
     if (need_select) {
-        radar_score_select_launch(D, k->type, p, score_gqa, ns, stream);
+        radar_score_select_launch(D, k->type, v->type, p, score_gqa, ns, stream);
     }
-    if (!p.fused) {
+    if (p.mass == 0.0f) {
         radar_attn_launch(D, k->type, v->type, p, n_split, ns, stream);
     }
 #else

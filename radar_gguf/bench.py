@@ -3,7 +3,8 @@
 
 One context is filled once with the essay corpus up to each depth in turn; at each depth both
 modes decode the same next tokens (teacher-forced, so the work is identical), after one untimed
-warm-up step. Records go to a JSON list (``--out``), a table to stdout.
+warm-up step. Records go to a JSON list (``--out``), a table to stdout. ``--busy N`` times the decode
+on a shared machine: N other processes spin on the CPU while the timed rounds run.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from .args import add_device_args, add_radar_args, device_kwargs, positive_int, radar_from_args
+from .args import add_device_args, add_radar_args, device_kwargs, int_range, positive_int, radar_from_args
 from .config import RadarConfig
 from .engine import prefill_bar
 from .sizes import argparse_size, format_size
@@ -54,6 +58,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         "--rounds", type=positive_int, default=2, help="alternating rounds per depth; the best counts"
     )
     p.add_argument("--threads", "-t", type=positive_int, default=None)
+    p.add_argument(
+        "--busy",
+        type=int_range(0, 256, what="a process count"),
+        default=0,
+        help="other processes that keep the CPU busy while the timed rounds run, as on a shared machine "
+        "(the fill runs without them; default: 0)",
+    )
     add_device_args(p)
     p.add_argument("--out", type=Path, default=None, help="append records to this JSON file")
     p.add_argument(
@@ -61,6 +72,20 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     )
     add_radar_args(p)
     return p
+
+
+@contextmanager
+def busy_cpu(n: int) -> Iterator[None]:
+    """``n`` other processes spinning on the CPU for the duration (separate interpreters, so the model's
+    memory and threads are not forked)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for pr in procs:
+            pr.kill()
+        for pr in procs:
+            pr.wait()
 
 
 def _decode_rate(model, tokens: list[int], depth: int, n_gen: int) -> float:
@@ -82,6 +107,7 @@ def bench(
     radar: RadarConfig,
     *,
     rounds: int = 2,
+    busy: int = 0,
     log=print,
     progress: bool = True,
 ) -> list[dict]:
@@ -89,7 +115,7 @@ def bench(
 
     The context is filled densely (a tqdm bar on stderr while it fills, unless ``progress`` is False).
     The modes alternate for ``rounds`` rounds and each keeps its best round, so a burst of other
-    load on the machine does not decide the ratio.
+    load on the machine does not decide the ratio; ``busy`` other processes spin on the CPU meanwhile.
     """
     records = []
     dense = RadarConfig(enabled=False)
@@ -101,13 +127,14 @@ def bench(
         log(f"# depth {format_size(depth)}: filled in {time.perf_counter() - t0:.0f} s")
         best = {"dense": 0.0, "radar": 0.0}
         attended, seg_len = depth + n_gen, None
-        for _ in range(rounds):
-            for mode, cfg in (("dense", dense), ("radar", radar)):
-                model.set_radar(cfg)
-                best[mode] = max(best[mode], _decode_rate(model, tokens, depth, n_gen))
-                st = model.radar_stats()
-                if mode == "radar" and st.n_decode_radar:
-                    attended, seg_len = st.n_attended, st.seg_len
+        with busy_cpu(busy):
+            for _ in range(rounds):
+                for mode, cfg in (("dense", dense), ("radar", radar)):
+                    model.set_radar(cfg)
+                    best[mode] = max(best[mode], _decode_rate(model, tokens, depth, n_gen))
+                    st = model.radar_stats()
+                    if mode == "radar" and st.n_decode_radar:
+                        attended, seg_len = st.n_attended, st.seg_len
         for mode in ("dense", "radar"):
             rec = {
                 "mode": mode,
@@ -115,6 +142,8 @@ def bench(
                 "tokens_per_s": round(best[mode], 3),
                 "n_gen": n_gen,
                 "rounds": rounds,
+                "busy_processes": busy,
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                 "attended": attended if mode == "radar" else depth + n_gen,
                 "seg_len": seg_len if mode == "radar" else None,
             }
@@ -143,7 +172,9 @@ def main(argv: Optional[list] = None) -> int:
         tokens = essay_tokens(model, depths[-1] + args.n_gen + 1)
         command = "python -m radar_gguf.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         print(f"# {model.path.name} on {args.device or device_name()}; {radar.describe()}")
-        recs = bench(model, tokens, depths, args.n_gen, radar, rounds=args.rounds)
+        if args.busy:
+            print(f"# timed rounds with {args.busy} other busy processes on the CPU")
+        recs = bench(model, tokens, depths, args.n_gen, radar, rounds=args.rounds, busy=args.busy)
     device = args.device or device_name()
     for r in recs:
         r.update(model=model.path.name, device=device, command=command.strip(), radar_params=radar.__dict__)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 
@@ -146,14 +150,47 @@ def test_unknown_command_is_a_usage_error():
     assert "Traceback" not in r.stderr
 
 
-def test_bench_fills_with_progress_and_reports_the_ratio(model_path):
+def test_bench_fills_with_progress_and_reports_the_ratio(model_path, tmp_path):
     """``bench`` shows a progress bar while it fills the context (a long fill is minutes of silence
-    otherwise) and prints dense and Radar tokens/s side by side with their ratio."""
+    otherwise) and prints dense and Radar tokens/s side by side with their ratio; ``--busy`` is in the
+    records it appends."""
+    out = tmp_path / "bench.json"
     r = _radar_gguf(
-        "bench", str(model_path), "--depths", "384", "-n", "2", "--rounds", "1", "--radar-dense-below", "256"
-    )
+        "bench", str(model_path), "--depths", "384", "-n", "2", "--rounds", "1", "--radar-dense-below", "256",
+        "--busy", "1", "--out", str(out),
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "fill 384" in r.stderr and "384/384" in r.stderr
     row = next(line for line in r.stdout.splitlines() if line.startswith("| 384 |"))
     dense, radar, ratio = (c.strip() for c in row.strip("|").split("|")[1:])
     assert float(ratio.rstrip("x")) == pytest.approx(float(radar) / float(dense), abs=0.01)
+    recs = json.loads(out.read_text())
+    assert [(x["mode"], x["busy_processes"]) for x in recs] == [("dense", 1), ("radar", 1)]
+
+
+def _spinning_children() -> list[int]:
+    """PIDs of this process's children that run ``bench.busy_cpu``'s loop."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (p / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"while True: pass" in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_bench_busy_processes_run_only_inside_the_block():
+    """``--busy N`` starts N spinning processes for the timed rounds and leaves none behind, also when
+    the rounds fail."""
+    from radar_gguf.bench import busy_cpu
+
+    with busy_cpu(2):
+        assert len(_spinning_children()) == 2
+    assert _spinning_children() == []
+    with pytest.raises(RuntimeError), busy_cpu(1):
+        raise RuntimeError("a failed round")
+    assert _spinning_children() == []

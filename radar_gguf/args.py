@@ -161,7 +161,7 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
         "--radar-dense-below",
         type=dense_below_size,
         default=d.dense_below,
-        help="stay dense below this many tokens (default: -1 = by device, 4k on the CPU, 64k on a GPU)",
+        help="stay dense below this many tokens (default: -1 = by device, 12k on the CPU, 64k on a GPU)",
     )
     g.add_argument("--radar-shared-gqa", action="store_true", help="one selection per KV head")
     g.add_argument(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 SCORES = ("rf", "mean", "meanvar", "minmax", "oracle")  # index = enum llama_radar_score
 SUMMARY_TYPES = {"f32": 0, "f16": 1}  # name -> enum ggml_type
 # dense_below=-1: the library's thresholds (LLAMA_RADAR_DENSE_BELOW_CPU/_GPU in llama.h)
-DENSE_BELOW_CPU = 4096
+DENSE_BELOW_CPU = 12288
 DENSE_BELOW_GPU = 65536
 
 
@@ -31,7 +31,7 @@ class RadarConfig:
             (docs/quality.md, docs/performance.md).
         seg_len_min: smallest segment length.
         dense_below: decode stays dense (exact) while the context holds fewer tokens; -1 (default)
-            picks it by where the KV cache lives: 4096 on the CPU, 65536 on a GPU (measured
+            picks it by where the KV cache lives: 12288 on the CPU, 65536 on a GPU (measured
             crossovers, docs/performance.md). ``Model.radar`` reports the value chosen.
         seed: random-feature seed.
         shared_gqa: one selection per KV head (shared by its query heads) instead of per query head.

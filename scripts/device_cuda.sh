@@ -122,7 +122,7 @@ case "${1:-}" in
             LLAMA_RADAR=$3 python3 scripts/radar_logits.py run "$q" --ngl "$2" --depth "$depth" --steps 32 \
                 --threads "$(nproc)" --out "$scratch/e2e-$1.npy" 2> "$scratch/e2e-$1.log" || { tail -20 "$scratch/e2e-$1.log"; exit 1; }
         }
-        # one threshold on both devices (the default differs: 4096 on the CPU, 65536 on a GPU)
+        # one threshold on both devices (the default differs: 12288 on the CPU, 65536 on a GPU)
         spec=${RADAR_SPEC:-dense_below=4096}
         run cpu-dense 0 0
         run cpu-radar 0 "$spec"

@@ -56,6 +56,20 @@ def test_ppl_dense_exact_and_sparse(qwen, tmp_path):
     assert dense["delta_pct"] == 0.0 and exact["delta_pct"] is not None
 
 
+def test_ppl_says_when_a_radar_config_never_ran(qwen):
+    """A Radar config whose context stays below its ``dense_below`` decodes densely: its line says so,
+    so a result equal to dense is not read as Radar's; a config that ran carries no such note."""
+    lines = []
+    specs = ["dense", "meanvar:dense_below=100000", f"meanvar:{SHORT}"]
+    res = {
+        r["mode"]: r for r in eval_ppl(qwen, qwen.toks, N, 4, specs, cache_dir=None, progress=lines.append)
+    }
+    off = next(x for x in lines if x.lstrip().startswith("meanvar:dense_below=100000"))
+    ran = next(x for x in lines if x.lstrip().startswith(f"meanvar:{SHORT}"))
+    assert "Radar off: below dense_below=100000" in off and res[specs[1]]["stats"]["n_decode_radar"] == 0
+    assert "Radar off" not in ran and res[specs[2]]["stats"]["n_decode_radar"] > 0
+
+
 def test_prefill_cache_roundtrip(qwen, tmp_path):
     ctx = qwen.toks[:300]
     qwen.set_radar(DENSE)

@@ -202,7 +202,7 @@ def test_default_threshold_resolves_for_the_cpu(qwen):
     assert radar_gguf._lib.radar_get(qwen.llama.ctx).dense_below == DENSE_BELOW_CPU
     before = qwen.radar_stats().n_decode_radar
     next_logits(qwen, qwen.toks[:600], RadarConfig())
-    assert qwen.radar_stats().n_decode_radar == before  # 600 < 4096: dense
+    assert qwen.radar_stats().n_decode_radar == before  # 600 < 12288: dense
     with pytest.raises(ValueError, match="dense_below"):
         RadarConfig(dense_below=-2).validate()
 

@@ -26,6 +26,7 @@ from conftest import REPO, run_cli
 
 import radar_gguf
 from radar_gguf import RadarConfig, rpc
+from radar_gguf.config import DENSE_BELOW_CPU
 from radar_gguf.lab.corpus import essay_tokens
 
 N_LAYER = 24  # the bundled Qwen2.5-Coder-0.5B
@@ -128,7 +129,7 @@ def test_dense_below_follows_the_device_behind_the_worker(model_path, workers):
     with radar_gguf.load(model_path, ctx=1024, rpc=[workers[0].endpoint], threads=2) as m:
         assert rpc.remote_device_types()[workers[0].endpoint] == "CPU"
         # every layer on the worker (gpu_layers defaults to all with rpc): the CPU's default, not a GPU's
-        assert radar_gguf._lib.radar_get(m._llama.ctx).dense_below == 4096
+        assert radar_gguf._lib.radar_get(m._llama.ctx).dense_below == DENSE_BELOW_CPU
 
 
 def test_parse_endpoints():

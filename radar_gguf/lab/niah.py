@@ -31,6 +31,7 @@ from .records import (
     params_of,
     parse_config,
     pyplot,
+    radar_off_note,
     sizes,
 )
 
@@ -180,7 +181,8 @@ def eval_niah(
                 answer = greedy(model, max_tokens)
                 sc = niah_score(answer, word)
                 st = model.radar_stats()
-                progress(f"  {spec:30s} {sc:.0f}  {answer.strip()!r} (needle {word!r})")
+                off = radar_off_note(model, cfg, st.n_decode_radar)
+                progress(f"  {spec:30s} {sc:.0f}  {answer.strip()!r} (needle {word!r}){off}")
                 out.append(
                     {
                         "length": n,
@@ -232,9 +234,7 @@ def niah_heatmap(records: Sequence[dict], mode: str, path: Path) -> Optional[Pat
 def add_niah_args(pn: argparse.ArgumentParser) -> None:
     add_model_args(pn)
     add_text_args(pn)
-    pn.add_argument(
-        "--lengths", default="4k,8k", help="prompt lengths, comma separated (default: %(default)s)"
-    )
+    pn.add_argument("--lengths", default="16k", help="prompt lengths, comma separated (default: %(default)s)")
     pn.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths in [0,1] (default: %(default)s)")
     pn.add_argument("--configs", default=DEFAULT_CONFIGS, help="config specs (default: %(default)s)")
     pn.add_argument(

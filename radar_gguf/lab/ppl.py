@@ -42,6 +42,7 @@ from .records import (
     merge_records,
     params_of,
     parse_config,
+    radar_off_note,
     sizes,
 )
 
@@ -171,7 +172,8 @@ def eval_ppl(
             else ""
         )
         d = "" if r["delta_pct"] is None else f" ({r['delta_pct']:+.2f}% ± {r['delta_se_pct']:.2f})"
-        progress(f"  {spec:40s} ppl {r['ppl']:8.3f}{d}  {r['wall_s']:.0f} s{att}")
+        off = radar_off_note(model, cfg, st["n_decode_radar"])
+        progress(f"  {spec:40s} ppl {r['ppl']:8.3f}{d}  {r['wall_s']:.0f} s{att}{off}")
         yield r
 
 
@@ -278,7 +280,7 @@ def add_ppl_args(pp: argparse.ArgumentParser) -> None:
     add_model_args(pp)
     add_text_args(pp)
     pp.add_argument(
-        "--contexts", default="8k", help="prefilled context lengths, comma separated (default: %(default)s)"
+        "--contexts", default="16k", help="prefilled context lengths, comma separated (default: %(default)s)"
     )
     pp.add_argument(
         "-m",

@@ -26,6 +26,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def radar_off_note(model: Any, cfg: RadarConfig, n_decode_radar: int) -> str:
+    """A note for a Radar config that never ran (every step below ``dense_below``), so a result equal to
+    dense is not read as Radar's; empty when Radar ran or the config is dense."""
+    if not cfg.enabled or n_decode_radar:
+        return ""
+    from .. import _lib
+
+    below = _lib.radar_get(model.llama.ctx).dense_below
+    return (
+        f" [Radar off: below dense_below={below} on this device; add dense_below=N to the spec to measure it]"
+    )
+
+
 def _parse_value(text: str) -> Any:
     low = text.lower()
     if low in ("true", "false"):

@@ -126,7 +126,7 @@ def bench(
             model.prefill(tokens[:depth], progress=bar, piece=2048)
         log(f"# depth {format_size(depth)}: filled in {time.perf_counter() - t0:.0f} s")
         best = {"dense": 0.0, "radar": 0.0}
-        attended, seg_len = depth + n_gen, None
+        attended, seg_len, ran = depth + n_gen, None, False
         with busy_cpu(busy):
             for _ in range(rounds):
                 for mode, cfg in (("dense", dense), ("radar", radar)):
@@ -134,7 +134,7 @@ def bench(
                     best[mode] = max(best[mode], _decode_rate(model, tokens, depth, n_gen))
                     st = model.radar_stats()
                     if mode == "radar" and st.n_decode_radar:
-                        attended, seg_len = st.n_attended, st.seg_len
+                        attended, seg_len, ran = st.n_attended, st.seg_len, True
         for mode in ("dense", "radar"):
             rec = {
                 "mode": mode,
@@ -146,10 +146,23 @@ def bench(
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                 "attended": attended if mode == "radar" else depth + n_gen,
                 "seg_len": seg_len if mode == "radar" else None,
+                "radar_ran": ran if mode == "radar" else False,
             }
             records.append(rec)
-            log(f"  {mode:5s} {rec['tokens_per_s']:8.2f} tok/s  (attends ~{rec['attended']} cells)")
+            log(f"  {mode:5s} {rec['tokens_per_s']:8.2f} tok/s  ({_attended_note(rec, radar, model)})")
     return records
+
+
+def _attended_note(rec: dict, radar: RadarConfig, model) -> str:
+    """What a mode read per step: all cells, Radar's budget (a floor under a mass target, which attends
+    more where attention is spread), or nothing sparse at all below ``dense_below``."""
+    if rec["mode"] == "dense":
+        return f"attends all {rec['attended']} cells"
+    if not rec["radar_ran"]:
+        return f"Radar off below dense_below={model.radar.dense_below}: dense"
+    if radar.mass_target > 0:
+        return f"attends >= {rec['attended']} cells: the budget, more where the mass target needs them"
+    return f"attends ~{rec['attended']} cells"
 
 
 def main(argv: Optional[list] = None) -> int:

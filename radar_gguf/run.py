@@ -63,7 +63,8 @@ def _print_stats(model) -> None:
     print(f"radar: {model.radar.describe()}")
     if r.n_decode_radar:
         print(
-            f"  last step attended {r.n_attended} of {r.n_kv} cells ({r.n_seg_selected}/{r.n_seg} segments of "
+            f"  last step attended {'>= ' if model.radar.mass_target > 0 else ''}{r.n_attended} of {r.n_kv} "
+            f"cells ({r.n_seg_selected}/{r.n_seg} segments of "
             f"{r.seg_len}); {r.n_decode_radar} sparse decode steps, {r.n_restructure} restructures"
         )
 

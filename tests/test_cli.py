@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from radar_gguf.config import DENSE_BELOW_CPU
+
 
 def test_library_is_our_build():
     from radar_gguf import RadarConfig, __version__, _lib
@@ -166,6 +168,12 @@ def test_bench_fills_with_progress_and_reports_the_ratio(model_path, tmp_path):
     assert float(ratio.rstrip("x")) == pytest.approx(float(radar) / float(dense), abs=0.01)
     recs = json.loads(out.read_text())
     assert [(x["mode"], x["busy_processes"]) for x in recs] == [("dense", 1), ("radar", 1)]
+    # the mass target's count is a floor: the line says so
+    assert "attends all 386 cells" in r.stdout and "attends >= " in r.stdout
+    # below the device's threshold the Radar column is dense, and the line says that instead
+    r = _radar_gguf("bench", str(model_path), "--depths", "384", "-n", "2", "--rounds", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"Radar off below dense_below={DENSE_BELOW_CPU}: dense" in r.stdout
 
 
 def _spinning_children() -> list[int]:

@@ -485,29 +485,31 @@ static __device__ __forceinline__ float radar_block_sum(float x, float * red) {
     return x;
 }
 
-// exclusive prefix sum of x over the threads of the block, in thread order; total = sum of the block
-static __device__ __forceinline__ int radar_block_scan(const int x, int * red, int & total) {
+// inclusive prefix sum of x over the threads of the block, in thread order; total = sum of the block
+// (int for counts, float for masses: the warps' partial sums are added in warp order either way)
+template <typename T>
+static __device__ __forceinline__ T radar_block_scan(const T x, T * red, T & total) {
     const int lane = threadIdx.x % WARP_SIZE;
     const int warp = threadIdx.x / WARP_SIZE;
-    int incl = x;
+    T incl = x;
 #pragma unroll
     for (int offset = 1; offset < WARP_SIZE; offset <<= 1) {
-        const int y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
-        incl += lane >= offset ? y : 0;
+        const T y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
+        incl += lane >= offset ? y : T(0);
     }
     if (lane == WARP_SIZE - 1) {
         red[warp] = incl;
     }
     __syncthreads();
-    int before = 0;
+    T before = 0;
     total = 0;
     for (int w = 0; w < (int) blockDim.x/WARP_SIZE; ++w) {
-        const int t = red[w];
-        before += w < warp ? t : 0;
+        const T t = red[w];
+        before += w < warp ? t : T(0);
         total  += t;
     }
     __syncthreads();
-    return before + incl - x;
+    return before + incl;
 }
 
 // top-k of the inputs by (score desc, input asc), as the CPU's nth_element; one block per selection. The
@@ -608,7 +610,7 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
             n_eq += keys[i] == prefix;
         }
         int total;
-        const int eq_before = radar_block_scan(n_eq, red_i, total);
+        const int eq_before = radar_block_scan(n_eq, red_i, total) - n_eq;
 
         int n_keep = 0;
         int r_eq   = eq_before;
@@ -616,7 +618,7 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
             const uint32_t u = keys[i];
             n_keep += u > prefix || (u == prefix && r_eq++ < kk);
         }
-        int pos = radar_block_scan(n_keep, red_i, total);
+        int pos = radar_block_scan(n_keep, red_i, total) - n_keep;
 
         r_eq = eq_before;
         for (int i = i_beg; i < i_end; ++i) {
@@ -643,28 +645,6 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
     if (tid == 0) {
         out[0] = top_k + n_recent_seg;
     }
-}
-
-// inclusive prefix sum of x over the threads of the block, in thread order
-static __device__ __forceinline__ float radar_block_scan_f(const float x, float * red) {
-    const int lane = threadIdx.x % WARP_SIZE;
-    const int warp = threadIdx.x / WARP_SIZE;
-    float incl = x;
-#pragma unroll
-    for (int offset = 1; offset < WARP_SIZE; offset <<= 1) {
-        const float y = __shfl_up_sync(0xFFFFFFFF, incl, offset, WARP_SIZE);
-        incl += lane >= offset ? y : 0.0f;
-    }
-    if (lane == WARP_SIZE - 1) {
-        red[warp] = incl;
-    }
-    __syncthreads();
-    float before = 0.0f;
-    for (int w = 0; w < warp; ++w) {
-        before += red[w];
-    }
-    __syncthreads();
-    return before + incl;
 }
 
 // stage two with a mass target (p.mass > 0): each head's exact scores of its candidates (p.cand, p.exact) and
@@ -766,7 +746,8 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
             if (tid == 0) {
                 cut_sh = n_in;
             }
-            float known = base + radar_block_scan_f(part, red_f) - part; // its syncs publish cut_sh
+            float total_f;
+            float known = base + radar_block_scan(part, red_f, total_f) - part; // its syncs publish cut_sh
             const float target = p.mass*nh;
             for (int j = j_beg; j < j_end; ++j) {
                 if (known >= target) {

@@ -25,6 +25,7 @@ import argparse
 import collections
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,6 +48,9 @@ SLOT_ALIGN = 256  # llama.cpp rounds each stream's context up to a multiple of t
 RADAR_ON = "LLAMA_RADAR: Radar on"  # the library's log line when the environment switched Radar on
 RADAR_FAILED = "LLAMA_RADAR: "  # ... and its warning when it could not (followed by the reason)
 STOP_GRACE_S = 30
+# ggml-rpc's error when a worker is gone (patch 0007): "RPC server H:P: connection lost (command N); its
+# layers cannot run any more". The connection is not remade, so every later request would fail.
+RPC_LOST = re.compile(r"RPC server (\S+): (.+?) \(command \d+\); its layers cannot run any more")
 
 
 class LaunchError(Exception):
@@ -186,6 +190,8 @@ class Server:
         self.radar_on = False
         self.radar_error: Optional[str] = None
         self.address: Optional[str] = None
+        self.lost_worker: Optional[str] = None  # "H:P (why)" once an RPC worker is gone
+        self.failed = threading.Event()  # set with lost_worker
         self.proc = subprocess.Popen(
             argv,
             env=env,
@@ -207,6 +213,10 @@ class Server:
                 self.radar_on = True
             elif RADAR_FAILED in line and "unknown key" not in line:
                 self.radar_error = line.split(RADAR_FAILED, 1)[1].strip()
+            lost = RPC_LOST.search(line)
+            if lost and self.lost_worker is None:
+                self.lost_worker = f"{lost.group(1)} ({lost.group(2)})"
+                self.failed.set()
             if "listening on http" in line and self.address is None:
                 self.address = line.rsplit("listening on ", 1)[1].strip()
             if self.verbose or (self.ready and not self.quiet):
@@ -248,6 +258,24 @@ class Server:
                 self.proc.wait()
         self.reader.join(timeout=5)
         return self.proc.returncode
+
+
+def _serve_until_exit_or_lost_worker(server: Server) -> int:
+    """Wait for llama-server to exit. A lost RPC worker stops it: the layers on that worker cannot run any
+    more, so every later request would fail while /health still said ok. The requests in flight get
+    llama-server's error first (a moment's grace); the exit status is then 1."""
+    while server.proc.poll() is None:
+        if server.failed.wait(timeout=0.5):
+            print(
+                f"radar_gguf.serve: RPC worker {server.lost_worker} is gone and its layers cannot run any more; "
+                "stopping the server (start the worker again, then serve)",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(1.0)
+            server.stop()
+            return 1
+    return server.proc.returncode
 
 
 def _client_host(host: str) -> str:
@@ -398,7 +426,7 @@ def serve(args: argparse.Namespace, radar: RadarConfig, extra: list) -> int:
         print(f"radar_gguf.serve: {path.name}, {mode}, {radar.describe()}", file=sys.stderr)
         page = f" (web page: {url}/)" if _has_page(url) else ""
         print(f"listening on {url}/v1{page}", flush=True)
-        rc = server.proc.wait()
+        rc = _serve_until_exit_or_lost_worker(server)
     except (LaunchError, KeyboardInterrupt) as e:
         server.stop()
         if isinstance(e, LaunchError) and not stopping:

@@ -10,6 +10,7 @@
 #   bash scripts/device_cuda.sh multigpu SHAPE DEPTH      # 2 GPUs, -sm layer: logits vs 1 GPU, and speed
 #   bash scripts/device_cuda.sh profile SHAPE DEPTH       # ncu: time of each decode attention kernel (KERNELS=regex)
 #   bash scripts/device_cuda.sh trace SHAPE DEPTHS        # CUPTI trace of whole decode steps: where a step's time goes
+#   bash scripts/device_cuda.sh serve SHAPE DEPTH [cpu]   # llama-server, 1/4/8 concurrent streams (scripts/bench_serve.py)
 #
 # The source is .dev/slim (a copy of the dev tree without docs/models, small enough to copy to the GPU machine); the
 # e2e checks need the pinned bindings (build/dev/pinned/llama_cpp_python-0.3.36/llama_cpp, carried).
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${RADAR_SRC:-.dev/slim}
-bld=build/cuda
+bld=${RADAR_BUILD_DIR:-build/cuda}  # RADAR_BUILD_DIR: another build of the tree (e.g. a CPU one)
 out=${OUT:-results}
 bindings=build/dev/pinned/llama_cpp_python-0.3.36
 mkdir -p "$out"
@@ -83,7 +84,8 @@ case "${1:-}" in
             -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
             -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
             -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
-            -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
+            -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+            -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
             -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$out/configure.log" 2>&1
         time cmake --build "$bld" --target ${BUILD_TARGETS:-test-backend-ops llama-bench llama-quantize} -j "$(nproc)" > "$out/build.log" 2>&1 \
             || { tail -40 "$out/build.log"; exit 1; }
@@ -189,6 +191,22 @@ case "${1:-}" in
             python3 scripts/profile_summary.py "$scratch/trace-$mode.csv" --depths "$depths" --layers "${LAYERS:-32}" \
                 --label "$shape $mode" --out "$out/profile-$shape-$mode" | grep -E "^#|^## |^wall|^kernels|^gap|^launches"
         done
+        ;;
+    serve)
+        # the launcher (radar_gguf.serve, stdlib only) over this build's llama-server (BUILD_TARGETS must name it);
+        # "cpu": the same on this host's cores, no GPU (CUDA_VISIBLE_DEVICES empty)
+        shape=${2:-llama-8b}
+        depth=${3:-65536}
+        q=$(model "$shape")
+        export RADAR_GGUF_LLAMA_SERVER=$bld/bin/llama-server PYTHONPATH=$src/gguf-py:$bindings LLAMA_CPP_LIB_PATH=$bld/bin
+        preload_libstdcxx
+        if [ "${4:-gpu}" = cpu ]; then
+            CUDA_VISIBLE_DEVICES= python3 scripts/bench_serve.py "$q" --depth "$depth" --streams "${STREAMS:-1,4,8}" \
+                --max-tokens "${NGEN:-64}" --json "$out/serve-$shape-$depth-cpu.json" -- --gpu-layers 0 --threads "$(nproc)"
+        else
+            python3 scripts/bench_serve.py "$q" --depth "$depth" --streams "${STREAMS:-1,4,8}" --max-tokens "${NGEN:-64}" \
+                --json "$out/serve-$shape-$depth-gpu.json" -- --gpu-layers 99
+        fi
         ;;
     fallback)
         # a head size the CUDA kernels don't cover: Radar must refuse (log line) and decode stay dense

@@ -11,6 +11,7 @@ in its own process. What a user would notice if it broke:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -227,6 +229,46 @@ def test_a_worker_killed_mid_generation_is_an_error_and_the_client_goes_on(model
         with pytest.raises(rpc.RpcError, match="cannot connect"):
             radar_gguf.load(model_path, ctx=512, rpc=[w.endpoint])
     finally:
+        w.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_lost_under_serve_stops_the_server_with_a_clear_error(model_path, tmp_path):
+    """Under `radar-gguf serve` a lost worker's layers cannot run any more: the request in flight gets
+    llama-server's error, then the launcher says which worker is gone and stops (status 1) instead of
+    leaving a server that fails every request while /health says ok."""
+    w = Worker()
+    log = tmp_path / "serve.log"
+    port = free_port()
+    cmd = [sys.executable, "-m", "radar_gguf.serve", str(model_path), "--ctx", "1024", "--parallel", "1"]
+    cmd += ["--port", str(port), "--rpc", w.endpoint, "--threads", "2"]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the launcher's first line on stdout: "listening on URL/v1"
+        assert "listening on" in line, log.read_text()[-3000:]
+        body = {"prompt": "Count from 1 to 500: 1, 2, 3,", "max_tokens": 400, "stream": True}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        events = []
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for raw in r:
+                if raw.startswith(b"data: "):
+                    events.append(raw)
+                    if len(events) == 3:
+                        os.kill(w.proc.pid, signal.SIGKILL)
+        assert any(b'"error"' in e for e in events[3:]), events[-3:]
+        assert proc.wait(timeout=60) == 1
+        text = log.read_text()
+        assert f"RPC worker {w.endpoint} (connection lost) is gone" in text, text[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         w.stop()
 
 

@@ -286,6 +286,24 @@ def test_pool_windows():
     assert r["windows"][0] == ("essays", 0, 10.0, 3.0, 256)
 
 
+def test_tune_and_heldout_windows_at_one_offset_are_two_windows(tmp_path):
+    """A corpus's tune and heldout parts are other text at the same offset: a heldout run must neither replace
+    the tune record in a results file nor pool as the same window."""
+    from radar_gguf.lab.ppl import PPL_KEY, pool_windows
+    from radar_gguf.lab.records import merge_records
+
+    def rec(mode, split, delta):
+        return {**_ppl_rec(mode, 0, delta, 1.0, corpus="kjv"), "split": split, "model": "m.gguf"}
+
+    f = tmp_path / "r.json"
+    merge_records(f, [rec("dense", "tune", 0.0), rec("meanvar", "tune", 4.0)], PPL_KEY)
+    merged = merge_records(f, [rec("dense", "heldout", 0.0), rec("meanvar", "heldout", 2.0)], PPL_KEY)
+    assert len(merged) == 4
+    (r,) = pool_windows(merged, 16384, 256)
+    assert r["n_windows"] == 2 and {w[1] for w in r["windows"]} == {0, "heldout:0"}
+    assert r["delta_pct"] == pytest.approx(100 * (math.sqrt(1.04 * 1.02) - 1))
+
+
 def test_pool_corpora_weigh_the_same():
     """Over corpora, each corpus weighs the same whatever its windows: a corpus with three windows does
     not drown one with a single window; each corpus is reported on its own too."""

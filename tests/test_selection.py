@@ -161,6 +161,25 @@ def test_planted_key_is_found():
         assert sel.selection_metrics(p, order, geom, n_sel=n_sel)["hit@1"].mean() == 1.0
         kept[p_target] = n_sel
     assert (kept[0.5] <= kept[0.999]).all() and kept[0.999].max() > geom.k_sel
+    # adaptive stage one: with p1 ~ 0 it is the library's two stages at `rescore`; a higher p1 rescores more
+    # segments per head, within [rescore, cmax] x top_k, and keeps at least as much mass
+    lib = meth.parse_method("meanvar:rescore=2,mass_target=0.9", base)
+    lib_order, lib_n = meth.method_order(lib, cap, p, geom, k64, valid, cache)
+    rescored = {}
+    for p1 in (1e-6, 0.999):
+        m = meth.parse_method(f"adaptive:p1={p1},cmax=8,rescore=2,mass_target=0.9", base)
+        info: dict = {}
+        order, n_sel = meth.method_order(m, cap, p, geom, k64, valid, cache, info)
+        n_c = info["n_rescored"]
+        assert (2 * geom.k_sel <= n_c).all() and (n_c <= 8 * geom.k_sel).all() and (n_sel <= n_c).all()
+        rescored[p1] = n_c
+        if p1 < 0.5:
+            assert (n_sel == lib_n).all() and (
+                order[:, : 2 * geom.k_sel] == lib_order[:, : 2 * geom.k_sel]
+            ).all()
+    assert (rescored[1e-6] <= rescored[0.999]).all() and rescored[0.999].max() > rescored[1e-6].min()
+    with pytest.raises(ValueError, match="per query head"):
+        meth.parse_method("adaptive:shared_gqa=true")
     with pytest.raises(ValueError, match="p must be a number"):
         meth.parse_method("mass:p=high")
 

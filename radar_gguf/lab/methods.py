@@ -6,7 +6,10 @@ queries and keys (``lab.capture``) so that they can be compared at the same budg
 - ``window`` (sinks + recent window) and ``random`` (exact expectations);
 - adaptive, not in the library: ``mass`` keeps each head's best-ranked segments until their *estimated*
   share of the attention mass reaches ``p`` (between ``floor`` and ``ceil`` tokens), ``twostage`` rescores
-  the summaries' ``cand x top_k`` best candidates exactly from their keys and keeps the best ``top_k``.
+  the summaries' ``cand x top_k`` best candidates exactly from their keys and keeps the best ``top_k``,
+  ``adaptive`` is the library's two stages with a mass target whose candidate count adapts per head: the
+  summaries' estimated shares (as ``mass``) decide how many segments stage two rescores, from ``rescore x
+  top_k`` up to ``cmax x top_k``, until the estimate reaches ``p1``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ from . import reference as ref
 from .capture import AttnCapture
 from .records import parse_config
 
-METHODS = ("meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage")
+METHODS = (
+    "meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage", "adaptive",
+)  # fmt: skip
 # options of the adaptive methods (not RadarConfig fields): mass target p between a floor and a ceiling of
-# tokens; two-stage: candidates = cand x the budget's segments, rescored exactly from their keys
-METHOD_OPTIONS = {"mass": {"p": 0.9, "floor": 256, "ceil": 4096}, "twostage": {"cand": 4.0}}
+# tokens; two-stage: candidates = cand x the budget's segments, rescored exactly from their keys; adaptive:
+# stage one's estimated share p1 and its ceiling, cmax x the budget's segments
+METHOD_OPTIONS = {
+    "mass": {"p": 0.9, "floor": 256, "ceil": 4096},
+    "twostage": {"cand": 4.0},
+    "adaptive": {"p1": 0.9, "cmax": 16.0},
+}
 
 
 # -- exact attention and segment geometry -------------------------------------------------------------------
@@ -147,7 +157,9 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
         else:
             fields.append(item)
     cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
-    if name not in ("meanvar", "mean", "minmax", "rf"):
+    if name == "adaptive" and cfg.shared_gqa:
+        raise ValueError(f"method {spec!r}: adaptive selects per query head (shared_gqa is not replayed)")
+    if name not in ("meanvar", "mean", "minmax", "rf", "adaptive"):
         # the library's two-stage selection applies to the summary scores; the other methods rank alone
         if any(f.partition("=")[0].strip() == "rescore" for f in fields):
             raise ValueError(f"method {spec!r}: rescore applies to the summary scores only (twostage: cand=)")
@@ -206,9 +218,11 @@ def method_order(
     k64: np.ndarray,
     valid: np.ndarray,
     cache: SummaryCache,
+    info: Optional[dict] = None,
 ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """The method's ranking of the candidates ``[Hq, n_cand]`` (None: random) and, for the adaptive
-    methods, how many of them each head keeps ``[Hq]`` (None: ``top_k``)."""
+    methods, how many of them each head keeps ``[Hq]`` (None: ``top_k``). ``adaptive`` puts the segments
+    each head rescored, ``[Hq]``, in ``info["n_rescored"]``."""
     hq = cap.q.shape[0]
     g = hq // cap.k.shape[1]
     nc = geom.n_cand
@@ -238,6 +252,11 @@ def method_order(
         return order, mass_target_count(m, cap, sc, order, geom, k64, valid)
     if m.kind == "twostage":
         return twostage_order(m.option("cand"), cap, order, geom, k64), None
+    if m.kind == "adaptive":
+        order, keep, n_c = adaptive_order(m, cap, sc, order, geom, k64, valid)
+        if info is not None:
+            info["n_rescored"] = n_c
+        return order, keep
     if m.cfg.rescore > 1 and m.cfg.mass_target > 0:  # the library's two stages with a mass target
         return mass_target_order(m, cap, order, geom, k64, valid)
     if m.cfg.rescore > 1:  # the library's two-stage selection
@@ -266,11 +285,28 @@ def mass_target_count(
     valid: np.ndarray,
 ) -> np.ndarray:
     """Candidates each head keeps under a mass target: the best-ranked segments until their *estimated*
-    share of the attention mass reaches ``p``, between ``floor`` and ``ceil`` tokens. A meanvar score is
-    the log of a segment's estimated mean ``exp(scale q.k)``, so a segment's estimated mass is
-    ``L exp(score)``; the always-attended cells (sinks, window, tail) count with their exact mass, which
-    the attention pass computes anyway. ``[Hq]`` int."""
+    share of the attention mass reaches ``p``, between ``floor`` and ``ceil`` tokens. ``[Hq]`` int."""
     L, nc = geom.seg_len, geom.n_cand
+    need = estimated_need(cap, sc, order, geom, k64, valid, m.option("p"))
+    lo = min(nc, int(m.option("floor") // L))
+    hi = min(nc, max(lo, int(m.option("ceil") // L)))
+    return np.clip(need, lo, hi).astype(np.int64)
+
+
+def estimated_need(
+    cap: AttnCapture,
+    sc: np.ndarray,
+    order: np.ndarray,
+    geom: Geometry,
+    k64: np.ndarray,
+    valid: np.ndarray,
+    p: float,
+) -> np.ndarray:
+    """How many of the best-ranked segments each head needs for their *estimated* share of the attention mass
+    to reach ``p``, ``[Hq]`` int. A meanvar score is the log of a segment's estimated mean ``exp(scale q.k)``,
+    so a segment's estimated mass is ``L exp(score)``; the always-attended cells (sinks, window, tail) count
+    with their exact mass, which the attention pass computes anyway."""
+    L = geom.seg_len
     always = np.flatnonzero(geom.always(len(valid)) & valid)
     la = ref._logsumexp(_exact_logits(cap, k64, always), axis=1)  # [Hq] log mass of the always-attended cells
     est = np.take_along_axis(sc, order, axis=1) + math.log(L)  # [Hq, nc] log mass, best first
@@ -280,10 +316,39 @@ def mass_target_count(
     base = np.exp(la - top[:, 0])  # [Hq]
     total = base + cum[:, -1]
     share = (base[:, None] + cum) / total[:, None]  # [Hq, nc] after keeping j+1
-    need = (share < m.option("p")).sum(axis=1) + 1  # first count whose share reaches p
-    lo = min(nc, int(m.option("floor") // L))
-    hi = min(nc, max(lo, int(m.option("ceil") // L)))
-    return np.clip(need, lo, hi).astype(np.int64)
+    return (share < p).sum(axis=1) + 1  # first count whose share reaches p
+
+
+def adaptive_order(
+    m: Method,
+    cap: AttnCapture,
+    sc: np.ndarray,
+    order: np.ndarray,
+    geom: Geometry,
+    k64: np.ndarray,
+    valid: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two stages with a per-head candidate count: each head rescores its best-ranked segments until their
+    estimated share reaches ``p1`` (``estimated_need``), at least ``rescore x top_k`` and at most ``cmax x
+    top_k``; stage two keeps by the mass target (``reference.mass_target_select``, per head). A spread head
+    reads more keys, a sharp one ``rescore x top_k``. Returns the ranking ``[Hq, n_cand]``, the kept counts
+    and the rescored counts, ``[Hq]`` each."""
+    hq = cap.q.shape[0]
+    lo = geom.n_rescored(max(m.cfg.rescore, 1.0))
+    hi = max(lo, geom.n_rescored(m.option("cmax")))
+    n_c = np.clip(estimated_need(cap, sc, order, geom, k64, valid, m.option("p1")), lo, hi).astype(np.int64)
+    with np.errstate(invalid="ignore"):  # unused cells may hold NaN keys
+        logits = np.where(valid[None, :], _exact_logits(cap, k64, np.arange(len(valid))), -np.inf)
+    always = geom.always(len(valid))
+    out, keep = order.copy(), np.empty(hq, dtype=np.int64)
+    for h in range(hq):
+        c = int(n_c[h])
+        ranked, kp, _ = ref.mass_target_select(
+            order[h : h + 1, :c], logits[h : h + 1], always, geom.seg_len, geom.n_sink, False, 1, geom.k_sel,
+            m.cfg.mass_target if m.cfg.mass_target > 0 else 1e-9,
+        )  # fmt: skip
+        out[h, :c], keep[h] = ranked[0], kp[0]
+    return out, keep, n_c
 
 
 def mass_target_order(

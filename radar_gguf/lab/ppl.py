@@ -47,7 +47,7 @@ from .records import (
 )
 
 DEFAULT_CONFIGS = "dense,meanvar,mean,minmax,rf,rf:n_feat=1024,oracle,meanvar:token_budget=512,meanvar:n_recent=1024,rf:top_k=64,n_recent=1024"
-PPL_KEY = ("model", "corpus", "context", "metric", "mode", "n_scored", "offset")
+PPL_KEY = ("model", "corpus", "split", "context", "metric", "mode", "n_scored", "offset")
 
 
 def corpus_of(record: dict) -> str:
@@ -206,12 +206,17 @@ def pool_windows(records: Sequence[dict], context: int, n_score: int) -> list[di
         and r.get("context") == context
         and (n_score == 0 or r.get("n_scored") == n_score)
     ]
-    dense_at = {(corpus_of(r), r.get("offset", 0), r.get("n_scored")) for r in sel if r["mode"] == "dense"}
+
+    # a window is (corpus, split, offset): the same offset of a corpus's tune and heldout parts is other text
+    def window(r: dict) -> tuple:
+        return corpus_of(r), r.get("split") or "all", r.get("offset", 0)  # records before splits: all
+
+    dense_at = {(*window(r), r.get("n_scored")) for r in sel if r["mode"] == "dense"}
     out = []
     for mode in dict.fromkeys(r["mode"] for r in sel if r["mode"] != "dense"):
         best: dict[tuple, dict] = {}
         for r in sel:
-            win = (corpus_of(r), r.get("offset", 0))
+            win = window(r)
             if r["mode"] != mode or (*win, r.get("n_scored")) not in dense_at or r.get("delta_pct") is None:
                 continue
             if win not in best or r["n_scored"] > best[win]["n_scored"]:
@@ -219,8 +224,14 @@ def pool_windows(records: Sequence[dict], context: int, n_score: int) -> list[di
         if not best:
             continue
         wins = [
-            (c, off, r["delta_pct"], r.get("delta_se_pct"), r["n_scored"])
-            for (c, off), r in sorted(best.items())
+            (
+                c,
+                f"{split}:{off}" if split == "heldout" else off,
+                r["delta_pct"],
+                r.get("delta_se_pct"),
+                r["n_scored"],
+            )
+            for (c, split, off), r in sorted(best.items())
         ]
         corpora = {}
         for c in dict.fromkeys(w[0] for w in wins):

@@ -286,7 +286,8 @@ def analyse_step(
                 L = ref.seg_len_for(t_activate, m.cfg.aspect, m.cfg.seg_len_min)
                 n_seg = t_valid // L
             geom = Geometry.make(L, n_seg, m.cfg.n_sink, m.cfg.n_recent, m.top_k(L, layer_ratio))
-            order, n_sel = method_order(m, cap, p, geom, k64, valid, cache)
+            info: dict = {}
+            order, n_sel = method_order(m, cap, p, geom, k64, valid, cache, info)
             met = {k: _nanmean(x) for k, x in selection_metrics(p, order, geom, v64, n_sel).items()}
             kept = geom.k_sel if n_sel is None else float(n_sel.mean())
             met["attended"] = float(geom.always(n_kv)[valid].sum() + kept * L)
@@ -294,6 +295,8 @@ def analyse_step(
             # keys read to score exactly beyond the attended cells (two stages), per head
             cand = m.option("cand") if m.kind == "twostage" else m.cfg.rescore if m.cfg.rescore > 1 else 0.0
             met["keys_scored"] = float(max(0.0, (geom.n_rescored(cand) - kept) * L)) if cand else 0.0
+            if "n_rescored" in info:  # adaptive: each head's own candidate count
+                met["keys_scored"] = float(np.mean(info["n_rescored"] - n_sel) * L)
             per[m.spec] = met
             res["geometry"][m.spec] = {
                 "seg_len": L,

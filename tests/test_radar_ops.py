@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ggml_ops import F16, F32, Q8_0, dequant, flash_attn, radar_ops
+from ggml_ops import F16, F32, Q8_0, dequant, flash_attn, make_case, radar_ops
 
 from radar_gguf.lab import reference as R
 
 SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE]
-
-
-def make_case(seed, d, ratio, n_kv=2048, hkv=2, holes=True, q_scale=2.0):
-    rng = np.random.default_rng(seed)
-    hq = hkv * ratio
-    k = rng.normal(size=(n_kv, hkv, d))
-    v = rng.normal(size=(n_kv, hkv, d))
-    q = rng.normal(size=(hq, d)) * q_scale
-    mask = np.zeros(n_kv)
-    used = n_kv - 71
-    mask[used:] = -np.inf  # padding beyond the used cells, as llama.cpp pads n_kv to 256
-    if holes:
-        mask[rng.choice(used, size=used // 10, replace=False)] = -np.inf  # freed cells (seq_rm)
-        mask[130:170] = -np.inf  # a whole empty segment
-    return q, k, v, mask, used
 
 
 def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_type, selection=False, **kw):
@@ -377,6 +362,24 @@ def test_rescore_matches_reference(shared, kv_type):
     # the second stage changed the selection: a kernel that ignored it would fail the comparison above
     one, _ = radar_ops(q, k, v, mask, n_seg=n_seg, shared=shared, kv_type=kv_type, **kw)
     assert np.abs(one - ref).max() > 10 * tol
+
+
+@pytest.mark.parametrize("n_sink", [16, 17, 40])
+def test_two_stages_with_more_sinks_than_a_segment(n_sink):
+    """More sinks than a segment holds, every candidate rescored: a segment wholly inside the sinks has no
+    cell of its own to score (an empty range; it once read a negative count: wrong output from 17 sinks
+    on, NaN at 40). As the reference, whatever the sinks cover."""
+    d = 64
+    q, k, v, mask, used = make_case(8, d, 4, n_kv=1024)
+    seg_len, n_seg, scale = 16, used // 16, d**-0.5
+    kw = dict(seg_len=seg_len, top_k=4, n_sink=n_sink, n_recent=32, score=R.SCORE_MEANVAR, scale=scale)
+    out, s = radar_ops(q, k, v, mask, n_seg=n_seg, n_rescore=n_seg, **kw)
+    ref = R.radar_attention(
+        q, dequant(k, F16), dequant(v, F16), mask, s.astype(np.float64), n_seg, seg_len, 4, n_sink, 32,
+        R.SCORE_MEANVAR, scale, n_rescore=n_seg,
+    )[0]  # fmt: skip
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, atol=2e-3)
 
 
 def test_rescore_all_candidates_is_the_oracle():

@@ -218,8 +218,11 @@ size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
 size_t ggml_radar_attn_wsize_shared(const ggml_tensor * dst) {
     const int64_t n_hq  = dst->src[0]->ne[2];
     const int64_t ns    = dst->src[0]->ne[3];
+    const int64_t n_hkv = dst->src[1]->ne[2];
     const int64_t n_seg = dst->src[4]->ne[2];
-    return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32;
+    // the group scores [ns, n_hq, n_seg] (MEAN, MEANVAR, MINMAX), then the shared selections [ns, n_hkv, n_seg]
+    // as bytes (in floats, rounded up)
+    return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32 + (n_hkv*ns*n_seg + sizeof(float) - 1)/sizeof(float);
 }
 
 // MEAN, MEANVAR, MINMAX scores of one summary row for the G query heads of its KV head: qg, q2g are
@@ -374,11 +377,12 @@ void ggml_compute_forward_radar_attn(
     };
 
     // log of the exact attention mass of cells [c0, c1) (at most one segment) for the query in Q_q;
-    // -INF when all are masked. The logits first, then one vectorized exp-sum
-    // (a copy of the logits into keep_logits when given)
+    // -INF when all are masked or the range is empty (a segment wholly inside the sinks, c0 > c1, when
+    // n_sink > L). The logits first, then one vectorized exp-sum (a copy of the logits into keep_logits
+    // when given)
     auto cells_lse = [&](const char * mp, float slope, int64_t c0, int64_t c1, int64_t hk, int64_t st,
                          float * keep_logits = nullptr) -> float {
-        const int64_t n  = c1 - c0;
+        const int64_t n  = MAX(c1 - c0, 0);
         float         mx = -INFINITY;
         for (int64_t i = 0; i < n; ++i) {
             lseg[i] = logit(mp, slope, c0 + i, hk, st);
@@ -503,19 +507,10 @@ void ggml_compute_forward_radar_attn(
         ggml_barrier(params->threadpool);
     }
 
-    // one work item = (query head, stream)
-    const int64_t n_items = n_hq*neq3;
-    for (int64_t it = ith; it < n_items; it += nth) {
-        const int64_t h  = it % n_hq;
-        const int64_t st = it / n_hq;
+    // 1. choose segments: keep[0, n_seg) for query head h (with shared, for h's group) of stream st; cpos
+    // marks the rescored candidates whose logits of head h are in clog
+    auto choose = [&](int64_t h, int64_t st, int64_t n_seg, int64_t n_cand, const char * mp) {
         const int64_t hk = h/G;
-
-        const char * mp = (const char *) mask->data + st*mask->nb[3];
-
-        int64_t n_seg, n_cand;
-        counts_of(st, n_seg, n_cand);
-
-        // 1. choose segments
         memset(keep, 1, n_seg);
         memset(cpos, 0, n_seg*sizeof(int32_t));
         if (n_cand > top_k) {
@@ -621,6 +616,40 @@ void ggml_compute_forward_radar_attn(
             for (int64_t i = 0; i < n_keep; ++i) {
                 keep[idx[i]] = 1;
             }
+        }
+    };
+
+    // shared: a group's selection is made once, by one thread per (KV head, stream), not once per query head
+    // (G times the stage-two reads), and each query head attends it below
+    char * gkeep = (char *) (gscores + n_hq*neq3*n_seg_cap + CACHE_LINE_SIZE_F32); // [ns, n_hkv, n_seg_cap]
+    if (shared) {
+        for (int64_t it = ith; it < n_hkv*neq3; it += nth) {
+            const int64_t hk = it % n_hkv;
+            const int64_t st = it / n_hkv;
+            int64_t n_seg, n_cand;
+            counts_of(st, n_seg, n_cand);
+            choose(hk*G, st, n_seg, n_cand, (const char *) mask->data + st*mask->nb[3]);
+            memcpy(gkeep + it*n_seg_cap, keep, n_seg);
+        }
+        ggml_barrier(params->threadpool);
+    }
+
+    // one work item = (query head, stream)
+    const int64_t n_items = n_hq*neq3;
+    for (int64_t it = ith; it < n_items; it += nth) {
+        const int64_t h  = it % n_hq;
+        const int64_t st = it / n_hq;
+        const int64_t hk = h/G;
+
+        const char * mp = (const char *) mask->data + st*mask->nb[3];
+
+        int64_t n_seg, n_cand;
+        counts_of(st, n_seg, n_cand);
+        if (shared) {
+            memcpy(keep, gkeep + (st*n_hkv + hk)*n_seg_cap, n_seg);
+            memset(cpos, 0, n_seg*sizeof(int32_t)); // no logits of this head were kept
+        } else {
+            choose(h, st, n_seg, n_cand, mp);
         }
 
         // 2. exact online softmax over sinks + kept segments + tail, in cell order

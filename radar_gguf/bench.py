@@ -4,7 +4,9 @@
 One context is filled once with the essay corpus up to each depth in turn; at each depth both
 modes decode the same next tokens (teacher-forced, so the work is identical), after one untimed
 warm-up step. Records go to a JSON list (``--out``), a table to stdout. ``--busy N`` times the decode
-on a shared machine: N other processes spin on the CPU while the timed rounds run.
+on a shared machine: N other processes spin on the CPU while the timed rounds run. ``--vs SPEC`` times
+other Radar configs in the same run, on the same filled context (``--vs meanvar:shared_gqa=1,rescore=16``):
+filling a long context is most of a CPU run, and side by side in one run is the only fair comparison.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default=None, help="device description for the records (default: detected CPU)"
     )
+    p.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="another Radar config timed in the same run, as the flags' config with changes: "
+        "SCORE[:key=value,...] with RadarConfig's field names, e.g. meanvar:shared_gqa=1,rescore=16 "
+        "(repeat for several)",
+    )
     add_radar_args(p)
     return p
 
@@ -108,6 +119,7 @@ def bench(
     *,
     rounds: int = 2,
     busy: int = 0,
+    others: Optional[dict[str, RadarConfig]] = None,
     log=print,
     progress: bool = True,
 ) -> list[dict]:
@@ -116,26 +128,29 @@ def bench(
     The context is filled densely (a tqdm bar on stderr while it fills, unless ``progress`` is False).
     The modes alternate for ``rounds`` rounds and each keeps its best round, so a burst of other
     load on the machine does not decide the ratio; ``busy`` other processes spin on the CPU meanwhile.
+    ``others`` (name -> config) are more Radar modes timed the same way, each record with its own params.
     """
     records = []
     dense = RadarConfig(enabled=False)
+    modes = {"dense": dense, "radar": radar, **(others or {})}
     for depth in depths:
         t0 = time.perf_counter()
         model.set_radar(dense)
         with prefill_bar(f"fill {format_size(depth)}", disable=not progress) as bar:
             model.prefill(tokens[:depth], progress=bar, piece=2048)
         log(f"# depth {format_size(depth)}: filled in {time.perf_counter() - t0:.0f} s")
-        best = {"dense": 0.0, "radar": 0.0}
-        attended, seg_len, ran = depth + n_gen, None, False
+        best = dict.fromkeys(modes, 0.0)
+        seen = {m: (depth + n_gen, None, False) for m in modes}  # attended, segment length, Radar ran
         with busy_cpu(busy):
             for _ in range(rounds):
-                for mode, cfg in (("dense", dense), ("radar", radar)):
+                for mode, cfg in modes.items():
                     model.set_radar(cfg)
                     best[mode] = max(best[mode], _decode_rate(model, tokens, depth, n_gen))
                     st = model.radar_stats()
-                    if mode == "radar" and st.n_decode_radar:
-                        attended, seg_len, ran = st.n_attended, st.seg_len, True
-        for mode in ("dense", "radar"):
+                    if cfg.enabled and st.n_decode_radar:
+                        seen[mode] = (st.n_attended, st.seg_len, True)
+        for mode, cfg in modes.items():
+            attended, seg_len, ran = seen[mode]
             rec = {
                 "mode": mode,
                 "depth": depth,
@@ -144,12 +159,13 @@ def bench(
                 "rounds": rounds,
                 "busy_processes": busy,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                "attended": attended if mode == "radar" else depth + n_gen,
-                "seg_len": seg_len if mode == "radar" else None,
-                "radar_ran": ran if mode == "radar" else False,
+                "attended": attended,
+                "seg_len": seg_len,
+                "radar_ran": ran,
+                "radar_params": cfg.__dict__ if cfg.enabled else {"enabled": False},
             }
             records.append(rec)
-            log(f"  {mode:5s} {rec['tokens_per_s']:8.2f} tok/s  ({_attended_note(rec, radar, model)})")
+            log(f"  {mode:5s} {rec['tokens_per_s']:8.2f} tok/s  ({_attended_note(rec, cfg, model)})")
     return records
 
 
@@ -172,6 +188,16 @@ def main(argv: Optional[list] = None) -> int:
     except argparse.ArgumentTypeError as e:
         setup_arg_parser().error(f"--depths: {e}")
     radar = radar_from_args(args)
+    from .lab.records import parse_config
+
+    others = {}
+    for spec in args.vs:
+        try:
+            others[spec] = parse_config(spec, base=radar)
+        except ValueError as e:
+            setup_arg_parser().error(f"--vs: {e}")
+        if not others[spec].enabled:
+            setup_arg_parser().error(f"--vs {spec}: dense is always timed; name a Radar config")
     from .engine import load
     from .lab.corpus import essay_tokens
 
@@ -187,19 +213,19 @@ def main(argv: Optional[list] = None) -> int:
         print(f"# {model.path.name} on {args.device or device_name()}; {radar.describe()}")
         if args.busy:
             print(f"# timed rounds with {args.busy} other busy processes on the CPU")
-        recs = bench(model, tokens, depths, args.n_gen, radar, rounds=args.rounds, busy=args.busy)
+        recs = bench(
+            model, tokens, depths, args.n_gen, radar, rounds=args.rounds, busy=args.busy, others=others
+        )
     device = args.device or device_name()
     for r in recs:
-        r.update(model=model.path.name, device=device, command=command.strip(), radar_params=radar.__dict__)
-    print("\n| depth | dense tok/s | radar tok/s | radar / dense |")
-    print("|---|---|---|---|")
+        r.update(model=model.path.name, device=device, command=command.strip())
+    names = ["radar", *others]
+    print("\n| depth | dense tok/s | " + " | ".join(f"{n} tok/s | / dense" for n in names) + " |")
+    print("|---|---|" + "---|---|" * len(names))
     for d in depths:
-        a = next(r for r in recs if r["depth"] == d and r["mode"] == "dense")
-        b = next(r for r in recs if r["depth"] == d and r["mode"] == "radar")
-        print(
-            f"| {format_size(d)} | {a['tokens_per_s']:.2f} | {b['tokens_per_s']:.2f} | "
-            f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x |"
-        )
+        rate = {r["mode"]: r["tokens_per_s"] for r in recs if r["depth"] == d}
+        cells = " | ".join(f"{rate[n]:.2f} | {rate[n] / rate['dense']:.2f}x" for n in names)
+        print(f"| {format_size(d)} | {rate['dense']:.2f} | {cells} |")
     if args.out:
         old = json.loads(args.out.read_text()) if args.out.exists() else []
         args.out.parent.mkdir(parents=True, exist_ok=True)

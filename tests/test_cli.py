@@ -155,19 +155,32 @@ def test_unknown_command_is_a_usage_error():
 def test_bench_fills_with_progress_and_reports_the_ratio(model_path, tmp_path):
     """``bench`` shows a progress bar while it fills the context (a long fill is minutes of silence
     otherwise) and prints dense and Radar tokens/s side by side with their ratio; ``--busy`` is in the
-    records it appends."""
+    records it appends; ``--vs`` times another config on the same fill, in its own column and record."""
     out = tmp_path / "bench.json"
+    vs = "meanvar:shared_gqa=1,rescore=16"
     r = _radar_gguf(
         "bench", str(model_path), "--depths", "384", "-n", "2", "--rounds", "1", "--radar-dense-below", "256",
-        "--busy", "1", "--out", str(out),
+        "--busy", "1", "--out", str(out), "--vs", vs,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "fill 384" in r.stderr and "384/384" in r.stderr
+    assert r.stdout.count("# depth 384: filled") == 1  # one fill for all three modes
+    head = next(line for line in r.stdout.splitlines() if line.startswith("| depth |"))
+    assert f"| {vs} tok/s |" in head
     row = next(line for line in r.stdout.splitlines() if line.startswith("| 384 |"))
-    dense, radar, ratio = (c.strip() for c in row.strip("|").split("|")[1:])
+    dense, radar, ratio, other, other_ratio = (c.strip() for c in row.strip("|").split("|")[1:])
     assert float(ratio.rstrip("x")) == pytest.approx(float(radar) / float(dense), abs=0.01)
+    assert float(other_ratio.rstrip("x")) == pytest.approx(float(other) / float(dense), abs=0.01)
     recs = json.loads(out.read_text())
-    assert [(x["mode"], x["busy_processes"]) for x in recs] == [("dense", 1), ("radar", 1)]
+    assert [(x["mode"], x["busy_processes"]) for x in recs] == [("dense", 1), ("radar", 1), (vs, 1)]
+    params = {x["mode"]: x["radar_params"] for x in recs}
+    assert params["dense"] == {"enabled": False}
+    assert (params["radar"]["shared_gqa"], params["radar"]["rescore"]) == (False, 4.0)
+    # the alternative keeps the flags' other settings (--radar-dense-below) and ran sparse
+    assert (params[vs]["shared_gqa"], params[vs]["rescore"], params[vs]["dense_below"]) == (True, 16.0, 256)
+    assert all(x["radar_ran"] for x in recs if x["mode"] != "dense")
+    bad = _radar_gguf("bench", str(model_path), "--depths", "384", "--vs", "meanvar:no_such_field=1")
+    assert bad.returncode == 2 and "--vs" in bad.stderr and "Traceback" not in bad.stderr
     # the mass target's count is a floor: the line says so
     assert "attends all 386 cells" in r.stdout and "attends >= " in r.stdout
     # below the device's threshold the Radar column is dense, and the line says that instead

@@ -220,9 +220,13 @@ size_t ggml_radar_attn_wsize_shared(const ggml_tensor * dst) {
     const int64_t ns    = dst->src[0]->ne[3];
     const int64_t n_hkv = dst->src[1]->ne[2];
     const int64_t n_seg = dst->src[4]->ne[2];
+    const int64_t L     = ggml_get_op_params_i32(dst, 1);
+    const int64_t n_c   = MIN((int64_t) ggml_get_op_params_i32(dst, 9), n_seg); // rescored candidates
     // the group scores [ns, n_hq, n_seg] (MEAN, MEANVAR, MINMAX), then the shared selections [ns, n_hkv, n_seg]
-    // as bytes (in floats, rounded up)
-    return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32 + (n_hkv*ns*n_seg + sizeof(float) - 1)/sizeof(float);
+    // as bytes (in floats, rounded up), then the shared two stages' logits of every query head
+    // [ns, n_hq, n_c, L] and their slots [ns, n_hkv, n_seg]
+    return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32 + (n_hkv*ns*n_seg + sizeof(float) - 1)/sizeof(float) +
+           n_hq*ns*n_c*L + n_hkv*ns*n_seg;
 }
 
 // MEAN, MEANVAR, MINMAX scores of one summary row for the G query heads of its KV head: qg, q2g are
@@ -507,12 +511,15 @@ void ggml_compute_forward_radar_attn(
         ggml_barrier(params->threadpool);
     }
 
-    // 1. choose segments: keep[0, n_seg) for query head h (with shared, for h's group) of stream st; cpos
-    // marks the rescored candidates whose logits of head h are in clog
-    auto choose = [&](int64_t h, int64_t st, int64_t n_seg, int64_t n_cand, const char * mp) {
+    // 1. choose segments: keep[0, n_seg) for query head h (with shared, for h's group) of stream st; pos
+    // marks the rescored candidates whose logits are kept in logs: [n_c_cap, L] of head h, or with shared
+    // [G, n_c_cap, L], those of every head of the group
+    const int64_t n_c_cap = MIN(n_rescore, n_seg_cap);
+    auto choose = [&](int64_t h, int64_t st, int64_t n_seg, int64_t n_cand, const char * mp, int32_t * pos,
+                      float * logs) {
         const int64_t hk = h/G;
         memset(keep, 1, n_seg);
-        memset(cpos, 0, n_seg*sizeof(int32_t));
+        memset(pos, 0, n_seg*sizeof(int32_t));
         if (n_cand > top_k) {
             if (shared) {
                 // summed attention share of the group: logsumexp_h (score_h - lse_h)
@@ -569,14 +576,16 @@ void ggml_compute_forward_radar_attn(
                     const float slope = slope_of(hh);
                     float * ex = scores; // [n_c] this head's exact scores
                     float   lse = -INFINITY;
+                    // the logits are kept (the own head's; with shared, every head's): the attention below
+                    // reuses them (the same q, the same function, so the same values) instead of computing
+                    // them again
+                    float * kl = shared ? logs + (hh - h0)*n_c_cap*L : (hh == h ? logs : nullptr);
                     for (int64_t i = 0; i < n_c; ++i) {
-                        // the own head's logits are kept: the attention below reuses them (the same q, the same
-                        // function, so the same values) instead of computing them again
                         const int64_t sg = idx[i];
-                        ex[i] = cells_lse(mp, slope, MAX(sg*L, n_sink), (sg + 1)*L, hk, st, hh == h ? clog + i*L : nullptr);
+                        ex[i] = cells_lse(mp, slope, MAX(sg*L, n_sink), (sg + 1)*L, hk, st, kl ? kl + i*L : nullptr);
                         lse   = log_add(lse, ex[i]);
-                        if (hh == h) {
-                            cpos[sg] = (int32_t) (i + 1);
+                        if (kl) {
+                            pos[sg] = (int32_t) (i + 1);
                         }
                     }
                     if (mass > 0.0f) {
@@ -622,13 +631,17 @@ void ggml_compute_forward_radar_attn(
     // shared: a group's selection is made once, by one thread per (KV head, stream), not once per query head
     // (G times the stage-two reads), and each query head attends it below
     char * gkeep = (char *) (gscores + n_hq*neq3*n_seg_cap + CACHE_LINE_SIZE_F32); // [ns, n_hkv, n_seg_cap]
+    // and its two stages' logits of every query head [ns, n_hkv, G, n_c_cap, L], their slots [ns, n_hkv, n_seg_cap]
+    float   * gclog = (float *) gkeep + (n_hkv*neq3*n_seg_cap + sizeof(float) - 1)/sizeof(float);
+    int32_t * gcpos = (int32_t *) (gclog + n_hq*neq3*n_c_cap*L);
     if (shared) {
         for (int64_t it = ith; it < n_hkv*neq3; it += nth) {
             const int64_t hk = it % n_hkv;
             const int64_t st = it / n_hkv;
             int64_t n_seg, n_cand;
             counts_of(st, n_seg, n_cand);
-            choose(hk*G, st, n_seg, n_cand, (const char *) mask->data + st*mask->nb[3]);
+            choose(hk*G, st, n_seg, n_cand, (const char *) mask->data + st*mask->nb[3], gcpos + it*n_seg_cap,
+                   gclog + it*G*n_c_cap*L);
             memcpy(gkeep + it*n_seg_cap, keep, n_seg);
         }
         ggml_barrier(params->threadpool);
@@ -645,11 +658,15 @@ void ggml_compute_forward_radar_attn(
 
         int64_t n_seg, n_cand;
         counts_of(st, n_seg, n_cand);
+        const int32_t * pos = cpos; // 1 + slot in lgs of a rescored segment, 0: not rescored
+        const float   * lgs = clog; // [n_c_cap, L] this head's logits of the rescored segments
         if (shared) {
-            memcpy(keep, gkeep + (st*n_hkv + hk)*n_seg_cap, n_seg);
-            memset(cpos, 0, n_seg*sizeof(int32_t)); // no logits of this head were kept
+            const int64_t ig = st*n_hkv + hk;
+            memcpy(keep, gkeep + ig*n_seg_cap, n_seg);
+            pos = gcpos + ig*n_seg_cap;
+            lgs = gclog + (ig*G + h % G)*n_c_cap*L;
         } else {
-            choose(h, st, n_seg, n_cand, mp);
+            choose(h, st, n_seg, n_cand, mp, cpos, clog);
         }
 
         // 2. exact online softmax over sinks + kept segments + tail, in cell order
@@ -700,8 +717,8 @@ void ggml_compute_forward_radar_attn(
                 continue;
             }
             const int64_t c0 = MAX(sg*L, sink_end);
-            if (cpos[sg] && c0 == MAX(sg*L, n_sink)) { // rescored: its logits are known
-                const float * lg = clog + (int64_t) (cpos[sg] - 1)*L;
+            if (pos[sg] && c0 == MAX(sg*L, n_sink)) { // rescored: its logits are known
+                const float * lg = lgs + (int64_t) (pos[sg] - 1)*L;
                 for (int64_t c = c0; c < (sg + 1)*L; ++c) {
                     attend_l(c, lg[c - c0]);
                 }

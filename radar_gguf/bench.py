@@ -188,12 +188,10 @@ def main(argv: Optional[list] = None) -> int:
     except argparse.ArgumentTypeError as e:
         setup_arg_parser().error(f"--depths: {e}")
     radar = radar_from_args(args)
-    from .lab.records import parse_config
-
     others = {}
     for spec in args.vs:
         try:
-            others[spec] = parse_config(spec, base=radar)
+            others[spec] = RadarConfig.from_spec(spec, base=radar)
         except ValueError as e:
             setup_arg_parser().error(f"--vs: {e}")
         if not others[spec].enabled:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 SCORES = ("rf", "mean", "meanvar", "minmax", "oracle")  # index = enum llama_radar_score
 SUMMARY_TYPES = {"f32": 0, "f16": 1}  # name -> enum ggml_type
 # dense_below=-1: the library's thresholds (LLAMA_RADAR_DENSE_BELOW_CPU/_GPU in llama.h)
 DENSE_BELOW_CPU = 12288
 DENSE_BELOW_GPU = 65536
+
+
+def _spec_value(text: str) -> object:
+    """A spec's value: true/false, an int, a float, else the text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
 
 
 @dataclass
@@ -132,6 +146,27 @@ class RadarConfig:
                 raise TypeError(f"RadarConfig has no parameter {k!r}")
         d.update(changes)
         return RadarConfig(**d)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_spec(cls, spec: str, base: Optional[RadarConfig] = None) -> RadarConfig:
+        """``dense`` or ``SCORE[:key=value,...]`` (field names of this class) -> a validated config: the
+        fields named changed from ``base`` (default: the defaults). Raises ValueError on a bad spec."""
+        spec = spec.strip()
+        if spec == "dense":
+            return cls(enabled=False)
+        name, _, rest = spec.partition(":")
+        if name not in SCORES:
+            raise ValueError(f"config {spec!r}: name must be 'dense' or one of {', '.join(SCORES)}")
+        changes: dict[str, object] = {"score": name, "enabled": True}
+        for item in filter(None, (x.strip() for x in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"config {spec!r}: expected key=value, got {item!r}")
+            changes[key.strip()] = _spec_value(value.strip())
+        try:
+            return (base or cls()).replace(**changes).validate()
+        except TypeError as e:
+            raise ValueError(f"config {spec!r}: {e}") from None
 
     def dense_below_text(self) -> str:
         if self.dense_below >= 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..args import gpu_layers_int, positive_int
-from ..config import SCORES, RadarConfig
+from ..config import RadarConfig
 from ..sizes import argparse_size
 
 DENSE = RadarConfig(enabled=False)
@@ -39,36 +39,11 @@ def radar_off_note(model: Any, cfg: RadarConfig, n_decode_radar: int) -> str:
     )
 
 
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_config(spec: str, base: Optional[RadarConfig] = None) -> RadarConfig:
     """``dense`` or ``SCORE[:key=value,...]`` -> RadarConfig (fields changed from ``base``/defaults)."""
-    spec = spec.strip()
-    if spec == "dense":
+    if spec.strip() == "dense":
         return DENSE
-    name, _, rest = spec.partition(":")
-    if name not in SCORES:
-        raise ValueError(f"config {spec!r}: name must be 'dense' or one of {', '.join(SCORES)}")
-    changes: dict[str, Any] = {"score": name, "enabled": True}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"config {spec!r}: expected key=value, got {item!r}")
-        changes[key.strip()] = _parse_value(value.strip())
-    try:
-        return (base or RadarConfig()).replace(**changes).validate()
-    except TypeError as e:
-        raise ValueError(f"config {spec!r}: {e}") from None
+    return RadarConfig.from_spec(spec, base)
 
 
 def split_specs(text: str) -> list[str]:

@@ -41,8 +41,6 @@ def radar_off_note(model: Any, cfg: RadarConfig, n_decode_radar: int) -> str:
 
 def parse_config(spec: str, base: Optional[RadarConfig] = None) -> RadarConfig:
     """``dense`` or ``SCORE[:key=value,...]`` -> RadarConfig (fields changed from ``base``/defaults)."""
-    if spec.strip() == "dense":
-        return DENSE
     return RadarConfig.from_spec(spec, base)
 
 

@@ -222,11 +222,12 @@ size_t ggml_radar_attn_wsize_shared(const ggml_tensor * dst) {
     const int64_t n_seg = dst->src[4]->ne[2];
     const int64_t L     = ggml_get_op_params_i32(dst, 1);
     const int64_t n_c   = MIN((int64_t) ggml_get_op_params_i32(dst, 9), n_seg); // rescored candidates
+    const int64_t sh    = ggml_get_op_params_i32(dst, 5) != 0; // a shared selection
     // the group scores [ns, n_hq, n_seg] (MEAN, MEANVAR, MINMAX), then the shared selections [ns, n_hkv, n_seg]
     // as bytes (in floats, rounded up), then the shared two stages' logits of every query head
-    // [ns, n_hq, n_c, L] and their slots [ns, n_hkv, n_seg]
+    // [ns, n_hq, n_c, L] and their slots [ns, n_hkv, n_seg] (only with a shared selection)
     return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32 + (n_hkv*ns*n_seg + sizeof(float) - 1)/sizeof(float) +
-           n_hq*ns*n_c*L + n_hkv*ns*n_seg;
+           sh*(n_hq*ns*n_c*L + n_hkv*ns*n_seg);
 }
 
 // MEAN, MEANVAR, MINMAX scores of one summary row for the G query heads of its KV head: qg, q2g are

@@ -71,6 +71,8 @@ struct radar_attn_params {
     int L, top_k, n_sink, n_recent;
     int n_rescore;           // two-stage selection: candidates of stage 1, min(op param 9, segments); 0: one stage
     float mass;              // mass target of stage two (op param 10); 0: keep top_k
+    bool merge;              // mass target: radar_select_mass merges the outputs radar_rescore wrote (p.cpart)
+    int rescore_heads;       // query heads per block of radar_rescore (1, 4 or 8)
     int score;
     bool shared, mask_f16;
     bool s_f16;              // summaries stored as half

@@ -260,15 +260,18 @@ static __global__ void radar_score_oracle(const radar_attn_params p) {
 
 // rescore, stage 2 of the two-stage selection: the exact score of each candidate of stage 1 (p.cand, of the
 // head or of its KV group), as ORACLE's but without the sink cells (attended anyway), into p.exact in the
-// order of p.cand. One block per candidate and query head: the cells of the candidate are spread over all
-// threads of the block, and each thread has its K rows and mask values of a batch in flight at once (no
-// load waits on another: the mask does not predicate the K load), so that a candidate costs about one
-// round trip to memory instead of one per cell; the (max, sum) of the threads merge in shared memory.
-// With type_V (a mass target): the V rows of the batch are loaded with the K rows, and the block also writes
-// the attention output over the candidate's cells (p.cpart), which radar_select_mass merges for the kept
-// candidates: every kept cell is read once, and no attention kernel runs after the selection. The block
-// past the candidates does the same for the always-attended cells. type_V == GGML_TYPE_COUNT: scores only.
-template <int D, ggml_type type_K, ggml_type type_V>
+// order of p.cand. One block per candidate and NG query heads of one KV group (NG = 1: per-head selection;
+// shared selection: the heads of the group, in chunks of NG), so that the candidate's K rows are read once for
+// all the heads of a block: the cells of the candidate are spread over all threads of the block, and each
+// thread has its K rows and mask values of a batch in flight at once (no load waits on another: the mask does
+// not predicate the K load), so that a candidate costs about one round trip to memory instead of one per cell;
+// the (max, sum) of the threads merge in shared memory.
+// With type_V (a mass target, per-head selection, NG = 1): the V rows of the batch are loaded with the K rows,
+// and the block also writes the attention output over the candidate's cells (p.cpart), which radar_select_mass
+// merges for the kept candidates: every kept cell is read once, and no attention kernel runs after the
+// selection. The block past the candidates does the same for the always-attended cells (with the values or,
+// for a shared selection, only their score). type_V == GGML_TYPE_COUNT: scores only.
+template <int D, ggml_type type_K, ggml_type type_V, int NG>
 __launch_bounds__(RADAR_RESCORE_NTHREADS)
 static __global__ void radar_rescore(const radar_attn_params p) {
     constexpr int  nthreads = RADAR_RESCORE_NTHREADS;
@@ -279,21 +282,27 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     constexpr int  BK       = 128/LB < 4 ? 4 : (128/LB > 16 ? 16 : 128/LB);    // K rows per thread and batch
     constexpr bool with_v   = type_V != GGML_TYPE_COUNT;
     constexpr int  E        = D/TK;                                             // values of a V row per lane
+    constexpr int  QB       = radar_q_nbytes<type_K, D>();
+    static_assert(!with_v || NG == 1, "the values are merged per head");
+    static_assert(NG <= WARP_SIZE, "one thread of warp 0 per head");
     typedef radar_k_row<type_K, D, TK> k_row;
     typedef radar_v_slice<with_v ? type_V : GGML_TYPE_F32, E> v_slice;
 
+    // blockIdx.y: the chunk of NG heads [h0, h0 + ng) of KV head hk (a chunk per query head with NG = 1)
+    const int n_chunk = (p.gqa + NG - 1)/NG;
     const int i    = blockIdx.x; // index into the candidate list
-    const int h    = blockIdx.y;
+    const int hk   = blockIdx.y / n_chunk;
+    const int h0   = hk*p.gqa + (blockIdx.y % n_chunk)*NG;
+    const int ng   = min(NG, (hk + 1)*p.gqa - h0);
     const int st   = blockIdx.z;
-    const int hk   = h/p.gqa;
     const int tid  = threadIdx.x;
     const int lane = tid % WARP_SIZE;
     const int warp = tid / WARP_SIZE;
     const int il   = tid % TK;
     const int rk   = tid / TK;
 
-    __shared__ __align__(16) char q_sh[radar_q_nbytes<type_K, D>()];
-    __shared__ float2 red_sh[nwarps];
+    __shared__ __align__(16) char q_sh[NG][QB];
+    __shared__ float2 red_sh[nwarps][NG];
     __shared__ float  acc_sh[with_v ? nwarps : 1][with_v ? D : 1]; // the values of each warp
 
     // the candidate's id is read together with the counts (an entry past the list is never used). With a
@@ -301,14 +310,18 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     // recent segments with the tail [c1, n_kv), laid end to end as cells [0, n0 + n_kv - c1). With the values,
     // every candidate is scored also when no more than top_k exist (then all of them are kept).
     const bool         alw  = i == p.n_rescore;
-    const int          item = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h;
+    const int          item = p.shared ? st*p.n_hkv + hk : st*p.n_hq + h0;
     const int          sg   = alw ? 0 : p.cand[(int64_t) item*(p.n_rescore + 1) + 1 + i];
     const radar_counts cnt  = radar_get_counts(p, st);
     if ((!with_v && cnt.n_cand <= p.top_k) || (!alw && i >= min(p.n_rescore, cnt.n_cand))) {
         return;
     }
 
-    const float  slope = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
+    float slope[NG];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+        slope[g] = get_alibi_slope(p.max_bias, h0 + g, p.n_head_log2, p.m0, p.m1);
+    }
     const char * K     = p.k    + hk*p.nbk2 + st*p.nbk3;
     const char * V     = p.v    + hk*p.nbv2 + st*p.nbv3;
     const char * mrow  = p.mask + st*p.nbm3;
@@ -318,9 +331,15 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     const int    c_end = alw ? n0 + p.n_kv - c1 : (sg + 1)*p.L;
     const int    c_gap = alw ? c1 - n0 : 0; // cells [n0, c_end) lie c_gap further on
 
-    // online softmax over the batches; every lane of a K row holds the same values, and E of the row's values
-    float mx  = -INFINITY;
-    float sum = 0.0f;
+    // online softmax of each head over the batches; every lane of a K row holds the same values, and E of the
+    // row's values. The heads past ng (the last chunk of a group) are skipped: a branch the same in the block.
+    float mx[NG];
+    float sum[NG];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+        mx[g]  = -INFINITY;
+        sum[g] = 0.0f;
+    }
     float acc[with_v ? E : 1];
 #pragma unroll
     for (int e = 0; e < (with_v ? E : 1); ++e) {
@@ -342,40 +361,48 @@ static __global__ void radar_rescore(const radar_attn_params p) {
             }
         }
         if (cb == c_beg) {
-            // the query, while the first batch of K rows is on its way
-            radar_load_q<type_K, D>((const float *) (p.q + h*p.nbq2 + st*p.nbq3), q_sh);
+            // the queries, while the first batch of K rows is on its way
+            for (int g = 0; g < ng; ++g) {
+                radar_load_q<type_K, D>((const float *) (p.q + (h0 + g)*p.nbq2 + st*p.nbq3), q_sh[g]);
+            }
             __syncthreads();
         }
-        float l[BK];
-        float bmax = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < BK; ++j) {
-            float x = kr[j].dot(q_sh, il);
-            x *= p.kq_scale;
-            if (p.softcap != 0.0f) {
-                x = p.softcap*tanhf(x);
+        for (int g = 0; g < NG; ++g) {
+            if (g >= ng) {
+                break;
             }
-            l[j] = mv[j] != -INFINITY ? x + slope*mv[j] : -INFINITY; // -inf: masked or past the segment
-            bmax = fmaxf(bmax, l[j]);
-        }
-        if (bmax > mx) {
-            const float f = expf(mx - bmax);
-            sum *= f;
-            if constexpr (with_v) {
-#pragma unroll
-                for (int e = 0; e < E; ++e) {
-                    acc[e] *= f;
-                }
-            }
-            mx = bmax;
-        }
-        if (mx != -INFINITY) {
+            float l[BK];
+            float bmax = -INFINITY;
 #pragma unroll
             for (int j = 0; j < BK; ++j) {
-                const float w = expf(l[j] - mx);
-                sum += w;
+                float x = kr[j].dot(q_sh[g], il);
+                x *= p.kq_scale;
+                if (p.softcap != 0.0f) {
+                    x = p.softcap*tanhf(x);
+                }
+                l[j] = mv[j] != -INFINITY ? x + slope[g]*mv[j] : -INFINITY; // -inf: masked or past the segment
+                bmax = fmaxf(bmax, l[j]);
+            }
+            if (bmax > mx[g]) {
+                const float f = expf(mx[g] - bmax);
+                sum[g] *= f;
                 if constexpr (with_v) {
-                    vr[j].mad(acc, w);
+#pragma unroll
+                    for (int e = 0; e < E; ++e) {
+                        acc[e] *= f;
+                    }
+                }
+                mx[g] = bmax;
+            }
+            if (mx[g] != -INFINITY) {
+#pragma unroll
+                for (int j = 0; j < BK; ++j) {
+                    const float w = expf(l[j] - mx[g]);
+                    sum[g] += w;
+                    if constexpr (with_v) {
+                        vr[j].mad(acc, w);
+                    }
                 }
             }
         }
@@ -385,17 +412,17 @@ static __global__ void radar_rescore(const radar_attn_params p) {
     if constexpr (with_v) {
 #pragma unroll
         for (int offset = TK; offset < WARP_SIZE; offset <<= 1) {
-            const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx,  offset, WARP_SIZE);
-            const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum, offset, WARP_SIZE);
-            const float mn   = fmaxf(mx, mx2);
-            const float f1   = mn == -INFINITY ? 0.0f : expf(mx  - mn);
-            const float f2   = mn == -INFINITY ? 0.0f : expf(mx2 - mn);
+            const float mx2  = __shfl_xor_sync(0xFFFFFFFF, mx[0],  offset, WARP_SIZE);
+            const float sum2 = __shfl_xor_sync(0xFFFFFFFF, sum[0], offset, WARP_SIZE);
+            const float mn   = fmaxf(mx[0], mx2);
+            const float f1   = mn == -INFINITY ? 0.0f : expf(mx[0] - mn);
+            const float f2   = mn == -INFINITY ? 0.0f : expf(mx2   - mn);
 #pragma unroll
             for (int e = 0; e < E; ++e) {
                 acc[e] = acc[e]*f1 + __shfl_xor_sync(0xFFFFFFFF, acc[e], offset, WARP_SIZE)*f2;
             }
-            sum = sum*f1 + sum2*f2;
-            mx  = mn;
+            sum[0] = sum[0]*f1 + sum2*f2;
+            mx[0]  = mn;
         }
         if (lane < TK) {
 #pragma unroll
@@ -404,26 +431,35 @@ static __global__ void radar_rescore(const radar_attn_params p) {
             }
         }
     } else {
-        radar_warp_merge_lse<TK>(mx, sum);
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+            radar_warp_merge_lse<TK>(mx[g], sum[g]);
+        }
     }
     if (lane == 0) {
-        red_sh[warp] = make_float2(mx, sum);
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+            red_sh[warp][g] = make_float2(mx[g], sum[g]);
+        }
     }
     __syncthreads();
-    if (tid == 0) {
-        for (int w = 1; w < nwarps; ++w) {
-            const float2 ms = red_sh[w];
-            const float  mn = fmaxf(mx, ms.x);
+    if (tid < ng) {
+        // thread g merges the warps of head h0 + g
+        float m = -INFINITY;
+        float s = 0.0f;
+        for (int w = 0; w < nwarps; ++w) {
+            const float2 ms = red_sh[w][tid];
+            const float  mn = fmaxf(m, ms.x);
             if (mn != -INFINITY) {
-                sum = sum*expf(mx - mn) + ms.y*expf(ms.x - mn);
-                mx  = mn;
+                s = s*expf(m - mn) + ms.y*expf(ms.x - mn);
+                m = mn;
             }
         }
-        const float r = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+        const float r = s > 0.0f ? m + logf(s) : -INFINITY;
         if (!alw) {
-            p.exact[((int64_t) st*p.n_hq + h)*p.n_rescore + i] = r;
+            p.exact[((int64_t) st*p.n_hq + h0 + tid)*p.n_rescore + i] = r;
         } else {
-            p.always[(int64_t) st*p.n_hq + h] = r;
+            p.always[(int64_t) st*p.n_hq + h0 + tid] = r;
         }
     }
     if constexpr (with_v) {
@@ -431,17 +467,17 @@ static __global__ void radar_rescore(const radar_attn_params p) {
         float M = -INFINITY;
 #pragma unroll
         for (int w = 0; w < nwarps; ++w) {
-            M = fmaxf(M, red_sh[w].x);
+            M = fmaxf(M, red_sh[w][0].x);
         }
         float S = 0.0f;
         float f[nwarps];
 #pragma unroll
         for (int w = 0; w < nwarps; ++w) {
-            f[w] = M == -INFINITY ? 0.0f : expf(red_sh[w].x - M);
-            S   += red_sh[w].y*f[w];
+            f[w] = M == -INFINITY ? 0.0f : expf(red_sh[w][0].x - M);
+            S   += red_sh[w][0].y*f[w];
         }
         const float inv = S > 0.0f ? 1.0f/S : 0.0f;
-        float * out = p.cpart + (((int64_t) st*p.n_hq + h)*(p.n_rescore + 1) + i)*D;
+        float * out = p.cpart + (((int64_t) st*p.n_hq + h0)*(p.n_rescore + 1) + i)*D;
         for (int d = tid; d < D; d += nthreads) {
             float o = 0.0f;
 #pragma unroll
@@ -651,10 +687,10 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
 // the mass of its always-attended cells (p.always, with the sink logit) become shares of all the mass the two
 // stages know of, summed over the group when shared; the candidates are ranked by share (ties to the lower
 // segment) with a bitonic sort in shared memory, the top_k best kept, then more while the kept share is below
-// p.mass (p.mass times the group size when shared), up to all of them (all of them at p.mass = 1). Then dst of
-// every query head of the selection: the outputs of its kept candidates and of its always-attended cells
-// (p.cpart, from radar_rescore) weighted by their exact masses, the sink in the denominator. One block per
-// selection; dynamic shared memory: n_pow2 sort keys (8 bytes) + 2 n_rescore floats, n_rescore <=
+// p.mass (p.mass times the group size when shared), up to all of them (all of them at p.mass = 1). Per head,
+// then dst of the head: the outputs of its kept candidates and of its always-attended cells (p.cpart, from
+// radar_rescore) weighted by their exact masses, the sink in the denominator. Shared, the list of the kept
+// segments (p.sel) for radar_attn_kernel instead. One block per selection; dynamic shared memory: n_pow2 sort keys (8 bytes) + 2 n_rescore floats, n_rescore <=
 // RADAR_MASS_MAX_CAND.
 __launch_bounds__(RADAR_SELECT_NTHREADS)
 static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2, const int D) {
@@ -761,6 +797,24 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
         }
     }
 
+    if (!p.merge) {
+        // a shared selection: the list of kept segments for radar_attn_kernel, best first (in candidate order
+        // without a ranking), then the recent segments. radar_rescore wrote no values (read once per query head
+        // they would cost as much as the candidates' keys again): the kernel reads the kept cells' K and V.
+        const int * cand = p.cand + ((int64_t) st*p.n_hkv + item)*(p.n_rescore + 1) + 1;
+        int       * out  = p.sel  + ((int64_t) st*p.n_hkv + item)*(p.n_seg_cap + 1);
+        for (int j = tid; j < n_keep; j += nthreads) {
+            out[1 + j] = cand[n_keep < n_in ? (int) ~(uint32_t) mkeys[j] : j];
+        }
+        for (int j = tid; j < cnt.n_seg - cnt.n_cand; j += nthreads) {
+            out[1 + n_keep + j] = cnt.n_cand + j;
+        }
+        if (tid == 0) {
+            out[0] = n_keep + cnt.n_seg - cnt.n_cand;
+        }
+        return;
+    }
+
     // kept: the first n_keep of the ranking (all n_in without a ranking); w_sh is 1 for them, 0 for the others
     for (int i = tid; i < n_in; i += nthreads) {
         w_sh[i] = n_keep == n_in ? 1.0f : 0.0f;
@@ -827,15 +881,22 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
 }
 
 template <int D, ggml_type type_K>
-static void radar_rescore_launch_K(const ggml_type type_V, const radar_attn_params & p, const dim3 grid, cudaStream_t stream) {
-    if (p.mass == 0.0f) {
-        radar_rescore<D, type_K, GGML_TYPE_COUNT><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); // scores only
+static void radar_rescore_launch_K(const ggml_type type_V, const radar_attn_params & p, const int ns, cudaStream_t stream) {
+    const int  NG = p.rescore_heads; // the group (in chunks) for a shared selection: the keys are read once per group
+    const dim3 grid(p.n_rescore + (p.mass > 0.0f), p.n_hkv*((p.gqa + NG - 1)/NG), ns); // + the always-attended cells (mass target)
+    if (!p.merge) { // scores only
+        switch (NG) {
+            case 1: radar_rescore<D, type_K, GGML_TYPE_COUNT, 1><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+            case 4: radar_rescore<D, type_K, GGML_TYPE_COUNT, 4><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+            case 8: radar_rescore<D, type_K, GGML_TYPE_COUNT, 8><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+            default: GGML_ABORT("fatal error");
+        }
         return;
     }
     switch (type_V) {
-        case GGML_TYPE_F32:  radar_rescore<D, type_K, GGML_TYPE_F32> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
-        case GGML_TYPE_F16:  radar_rescore<D, type_K, GGML_TYPE_F16> <<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
-        case GGML_TYPE_Q8_0: radar_rescore<D, type_K, GGML_TYPE_Q8_0><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F32:  radar_rescore<D, type_K, GGML_TYPE_F32,  1><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_F16:  radar_rescore<D, type_K, GGML_TYPE_F16,  1><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
+        case GGML_TYPE_Q8_0: radar_rescore<D, type_K, GGML_TYPE_Q8_0, 1><<<grid, RADAR_RESCORE_NTHREADS, 0, stream>>>(p); break;
         default: GGML_ABORT("fatal error");
     }
 }
@@ -843,11 +904,10 @@ static void radar_rescore_launch_K(const ggml_type type_V, const radar_attn_para
 template <int D>
 static void radar_rescore_launch_D(const ggml_type type_K, const ggml_type type_V, const radar_attn_params & p, const int ns,
         cudaStream_t stream) {
-    const dim3 grid(p.n_rescore + (p.mass > 0.0f), p.n_hq, ns); // + the always-attended cells (mass target)
     switch (type_K) {
-        case GGML_TYPE_F32:  radar_rescore_launch_K<D, GGML_TYPE_F32> (type_V, p, grid, stream); break;
-        case GGML_TYPE_F16:  radar_rescore_launch_K<D, GGML_TYPE_F16> (type_V, p, grid, stream); break;
-        case GGML_TYPE_Q8_0: radar_rescore_launch_K<D, GGML_TYPE_Q8_0>(type_V, p, grid, stream); break;
+        case GGML_TYPE_F32:  radar_rescore_launch_K<D, GGML_TYPE_F32> (type_V, p, ns, stream); break;
+        case GGML_TYPE_F16:  radar_rescore_launch_K<D, GGML_TYPE_F16> (type_V, p, ns, stream); break;
+        case GGML_TYPE_Q8_0: radar_rescore_launch_K<D, GGML_TYPE_Q8_0>(type_V, p, ns, stream); break;
         default: GGML_ABORT("fatal error");
     }
 }

@@ -212,9 +212,14 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     // (with top_k = 0 nothing is kept whatever the scores: one stage)
     const int n_rescore = ggml_get_op_params_i32(dst, 9);
     p.n_rescore = need_select && p.top_k > 0 && n_rescore > p.top_k ? (int) std::min((int64_t) n_rescore, n_seg_max) : 0;
-    // mass target: stage two keeps from top_k up to all n_rescore candidates, chosen by radar_select_mass, which
-    // also merges the outputs radar_rescore wrote for them: every kept cell is read once, no radar_attn_kernel
+    // mass target: stage two keeps from top_k up to all n_rescore candidates, chosen by radar_select_mass. Per
+    // head it also merges the outputs radar_rescore wrote for them: every kept cell is read once, no
+    // radar_attn_kernel. Shared, radar_rescore reads the candidates' keys once for the group and scores them
+    // only; radar_attn_kernel attends the kept segments.
     p.mass = p.n_rescore > 0 ? ggml_get_op_params_f32(dst, 10) : 0.0f;
+    const bool merged = p.mass > 0.0f && !p.shared; // the output is written by radar_select_mass
+    p.merge         = merged;
+    p.rescore_heads = !p.shared || p.gqa == 1 ? 1 : p.gqa <= 4 ? 4 : 8;
 
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
     ggml_cuda_pool & pool = ctx.pool();
@@ -240,7 +245,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
-        if (!p.select_in_attn && p.mass == 0.0f) {
+        if (!p.select_in_attn && !merged) {
             p.sel = sel_alloc.alloc(ns*n_items*(p.n_seg_cap + 1));
         }
         if (p.n_rescore > 0) {
@@ -248,7 +253,9 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.exact = exact_alloc.alloc(ns*n_hq*p.n_rescore);
             if (p.mass > 0.0f) {
                 p.always = always_alloc.alloc(ns*n_hq);
-                p.cpart  = cpart_alloc.alloc(ns*n_hq*(p.n_rescore + 1)*D);
+            }
+            if (merged) {
+                p.cpart = cpart_alloc.alloc(ns*n_hq*(p.n_rescore + 1)*D);
             }
         }
         if (p.shared) {
@@ -267,7 +274,8 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     int64_t       n_att_est = n_kv + std::min((int64_t) p.n_sink, n_kv);
     if (need_select) {
         const int64_t n_recent_seg = ((int64_t) p.n_recent + p.L - 1)/p.L;
-        n_att_est = std::min(n_att_est, p.n_sink + (p.top_k + n_recent_seg + 1)*p.L + 256);
+        const int64_t n_kept = p.mass > 0.0f ? std::min(2*(int64_t) p.top_k, (int64_t) p.n_rescore) : p.top_k; // about, with a mass target
+        n_att_est = std::min(n_att_est, p.n_sink + (n_kept + n_recent_seg + 1)*p.L + 256);
     }
     const int64_t n_tiles   = (n_att_est + RADAR_ATTN_TILE - 1)/RADAR_ATTN_TILE;
     const int64_t n_heads   = n_hq*ns;
@@ -279,7 +287,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     const bool score_gqa = need_select &&
         (p.score == GGML_RADAR_SCORE_MEAN || p.score == GGML_RADAR_SCORE_MEANVAR || p.score == GGML_RADAR_SCORE_MINMAX);
 
-    if (n_split > 1 && p.mass == 0.0f) {
+    if (n_split > 1 && !merged) {
         p.dst_parts = parts_alloc.alloc(n_heads*n_split*D);
         p.dst_meta  = meta_alloc.alloc(n_heads*n_split);
         if (score_gqa) {
@@ -291,7 +299,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     if (need_select) {
         radar_score_select_launch(D, k->type, v->type, p, score_gqa, ns, stream);
     }
-    if (p.mass == 0.0f) {
+    if (!merged) {
         radar_attn_launch(D, k->type, v->type, p, n_split, ns, stream);
     }
 #else

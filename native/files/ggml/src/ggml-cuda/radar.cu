@@ -217,8 +217,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     // radar_attn_kernel. Shared, radar_rescore reads the candidates' keys once for the group and scores them
     // only; radar_attn_kernel attends the kept segments.
     p.mass = p.n_rescore > 0 ? ggml_get_op_params_f32(dst, 10) : 0.0f;
-    const bool merged = p.mass > 0.0f && !p.shared; // the output is written by radar_select_mass
-    p.merge         = merged;
+    p.merge         = p.mass > 0.0f && !p.shared; // the output is written by radar_select_mass
     p.rescore_heads = !p.shared || p.gqa == 1 ? 1 : p.gqa <= 4 ? 4 : 8;
 
     // scratch; allocated in the order of declaration (the pool frees in reverse order)
@@ -245,7 +244,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
         const int64_t n_items = p.shared ? n_hkv : n_hq;
         p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
-        if (!p.select_in_attn && !merged) {
+        if (!p.select_in_attn && !p.merge) {
             p.sel = sel_alloc.alloc(ns*n_items*(p.n_seg_cap + 1));
         }
         if (p.n_rescore > 0) {
@@ -254,7 +253,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             if (p.mass > 0.0f) {
                 p.always = always_alloc.alloc(ns*n_hq);
             }
-            if (merged) {
+            if (p.merge) {
                 p.cpart = cpart_alloc.alloc(ns*n_hq*(p.n_rescore + 1)*D);
             }
         }
@@ -287,7 +286,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     const bool score_gqa = need_select &&
         (p.score == GGML_RADAR_SCORE_MEAN || p.score == GGML_RADAR_SCORE_MEANVAR || p.score == GGML_RADAR_SCORE_MINMAX);
 
-    if (n_split > 1 && !merged) {
+    if (n_split > 1 && !p.merge) {
         p.dst_parts = parts_alloc.alloc(n_heads*n_split*D);
         p.dst_meta  = meta_alloc.alloc(n_heads*n_split);
         if (score_gqa) {
@@ -299,7 +298,7 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     if (need_select) {
         radar_score_select_launch(D, k->type, v->type, p, score_gqa, ns, stream);
     }
-    if (!merged) {
+    if (!p.merge) {
         radar_attn_launch(D, k->type, v->type, p, n_split, ns, stream);
     }
 #else

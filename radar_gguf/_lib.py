@@ -44,6 +44,8 @@ class llama_radar_params(ctypes.Structure):
         ("budget_max_scale", ctypes.c_float),
         ("rescore", ctypes.c_float),
         ("mass_target", ctypes.c_float),
+        ("rescore_max", ctypes.c_float),
+        ("rescore_mass", ctypes.c_float),
     ]
 
 
@@ -177,6 +179,8 @@ def _from_c(p: llama_radar_params) -> RadarConfig:
         budget_max_scale=_f32(p.budget_max_scale),
         rescore=_f32(p.rescore),
         mass_target=_f32(p.mass_target),
+        rescore_max=_f32(p.rescore_max),
+        rescore_mass=_f32(p.rescore_mass),
     )
 
 
@@ -198,6 +202,8 @@ def _to_c(cfg: RadarConfig) -> llama_radar_params:
         float(cfg.budget_max_scale),
         float(cfg.rescore),
         float(cfg.mass_target),
+        float(cfg.rescore_max),
+        float(cfg.rescore_mass),
     )
 
 

@@ -179,6 +179,20 @@ def add_radar_args(parser: argparse.ArgumentParser) -> None:
         f"hold this share of the known attention mass; 0: the fixed budget (default: {d.mass_target:g})",
     )
     g.add_argument(
+        "--radar-rescore-mass",
+        type=share_float,
+        default=d.rescore_mass,
+        help="adaptive candidate count of the two stages: each head rescores its best segments until their "
+        "estimated share of the attention mass reaches this, up to --radar-rescore-max times the budget; "
+        "CPU only; 0: --radar-rescore times the budget (default: %(default)s)",
+    )
+    g.add_argument(
+        "--radar-rescore-max",
+        type=rescore_float,
+        default=None,
+        help="the most candidates --radar-rescore-mass may rescore, times the budget (default: 16 with it)",
+    )
+    g.add_argument(
         "--radar-summary-type",
         choices=sorted(SUMMARY_TYPES),
         default=d.summary_type,
@@ -205,6 +219,10 @@ def radar_from_args(args: argparse.Namespace) -> RadarConfig:
         summary_type=args.radar_summary_type,
         rescore=args.radar_rescore,
         mass_target=RadarConfig.mass_target if args.radar_mass_target is None else args.radar_mass_target,
+        rescore_mass=args.radar_rescore_mass,
+        rescore_max=(16.0 if args.radar_rescore_mass > 0 else 0.0)
+        if args.radar_rescore_max is None
+        else args.radar_rescore_max,
     ).validate()
 
 

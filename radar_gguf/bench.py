@@ -23,7 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from .args import add_device_args, add_radar_args, device_kwargs, int_range, positive_int, radar_from_args
+from .args import (
+    add_device_args,
+    add_radar_args,
+    device_kwargs,
+    int_range,
+    parse_args_and_radar,
+    positive_int,
+)
 from .config import RadarConfig
 from .engine import prefill_bar
 from .sizes import argparse_size, format_size
@@ -182,12 +189,11 @@ def _attended_note(rec: dict, radar: RadarConfig, model) -> str:
 
 
 def main(argv: Optional[list] = None) -> int:
-    args = setup_arg_parser().parse_args(argv)
+    args, radar = parse_args_and_radar(setup_arg_parser(), argv)
     try:
         depths = sorted(argparse_size(d) for d in args.depths.split(","))
     except argparse.ArgumentTypeError as e:
         setup_arg_parser().error(f"--depths: {e}")
-    radar = radar_from_args(args)
     others = {}
     for spec in args.vs:
         try:

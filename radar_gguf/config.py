@@ -72,6 +72,14 @@ class RadarConfig:
             +1.1% to +0.3%, for about twice the attended tokens on real text (docs/quality.md). With one
             stage (``rescore`` 0) there is no stage two and it has no effect. On a GPU stage two takes at
             most 2048 candidates with a mass target (``rescore * top_k``).
+        rescore_max, rescore_mass: an adaptive candidate count for the two stages (off by default:
+            ``rescore_mass`` 0). Each query head rescores its best segments by summary score, best first,
+            until their estimated share of the attention mass (a segment's estimate is
+            ``seg_len * exp(score)``, the always-attended cells count exactly) reaches ``rescore_mass``,
+            between ``rescore * top_k`` and ``rescore_max * top_k`` of them: heads whose attention is
+            spread read more keys, sharp heads ``rescore * top_k``. Needs two stages, ``rescore_max >
+            rescore`` and per-head selection (not ``shared_gqa``). The CPU kernel has it; a KV cache on a
+            GPU (CUDA, Metal) refuses it (docs/quality.md measures it).
     """
 
     enabled: bool = True
@@ -90,6 +98,8 @@ class RadarConfig:
     budget_max_scale: float = 8.0
     rescore: float = 4.0
     mass_target: float = 0.99
+    rescore_max: float = 0.0
+    rescore_mass: float = 0.0
 
     def validate(self) -> RadarConfig:
         """Raise ValueError naming the first parameter out of range; return self."""
@@ -132,6 +142,26 @@ class RadarConfig:
             bad("mass_target", "must be a number")
         if not 0 <= float(self.mass_target) <= 1:
             bad("mass_target", "must be in [0, 1] (0: a fixed budget)")
+        for name in ("rescore_max", "rescore_mass"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                bad(name, "must be a number")
+        if not (float(self.rescore_max) == 0 or 1 <= float(self.rescore_max) <= 64):
+            bad("rescore_max", "must be 0 or in [1, 64]")
+        if not 0 <= float(self.rescore_mass) <= 1:
+            bad("rescore_mass", "must be in [0, 1] (0: a fixed candidate count)")
+        if self.rescore_max and not self.rescore_mass:
+            bad("rescore_max", "has no effect without rescore_mass (the adaptive candidate count)")
+        if self.rescore_mass > 0:
+            if not self.rescore > 1:
+                bad("rescore_mass", "needs two stages (rescore > 1)")
+            if not self.rescore_max > self.rescore:
+                bad(
+                    "rescore_mass",
+                    f"needs rescore_max > rescore ({self.rescore:g}), got {self.rescore_max:g}",
+                )
+            if self.shared_gqa:
+                bad("rescore_mass", "needs per-head selection (shared_gqa off)")
         return self
 
     @property
@@ -173,6 +203,16 @@ class RadarConfig:
             return str(self.dense_below)
         return f"{DENSE_BELOW_CPU} (CPU) / {DENSE_BELOW_GPU} (GPU)"
 
+    def _stages_text(self) -> str:
+        if self.rescore <= 1:
+            return ", one stage"
+        if self.rescore_mass > 0:
+            return (
+                f", two stages ({self.rescore:g}-{self.rescore_max:g}x candidates to an estimated "
+                f"{self.rescore_mass:g} of the mass)"
+            )
+        return f", two stages ({self.rescore:g}x candidates)"
+
     def describe(self) -> str:
         if not self.enabled:
             return "radar off (dense attention)"
@@ -180,7 +220,7 @@ class RadarConfig:
         return (
             f"radar on above {self.dense_below_text()} tokens: {self.score} score, {sel}, "
             f"{self.n_sink} sink + {self.n_recent} recent, aspect {self.aspect:g}"
-            + (f", two stages ({self.rescore:g}x candidates)" if self.rescore > 1 else ", one stage")
+            + self._stages_text()
             + (f", mass target {self.mass_target:g}" if self.rescore > 1 and self.mass_target > 0 else "")
             + (", GQA-shared" if self.shared_gqa else "")
             + (f", {self.summary_type} summaries" if self.summary_type != "f16" else "")
@@ -191,7 +231,8 @@ class RadarConfig:
 class RadarStats:
     """Counters from the library (llama_radar_stats); ``n_attended`` vs ``n_kv`` is the saving. With a mass
     target ``n_attended`` and ``n_seg_selected`` count the budget (the floor): the kernels attend more where
-    attention is spread, up to ``n_rescored`` more cells (``eval select`` measures how many)."""
+    attention is spread, up to ``n_rescored`` more cells (``eval select`` measures how many). With an adaptive
+    candidate count (``rescore_mass``) ``n_rescored`` counts its floor."""
 
     n_decode_radar: int = 0
     n_restructure: int = 0

@@ -93,6 +93,8 @@ def radar_env(radar: RadarConfig) -> str:
         "summary": radar.summary_type,
         "rescore": f"{radar.rescore:g}",
         "mass": f"{radar.mass_target:g}",
+        "rescore_max": f"{radar.rescore_max:g}",
+        "rescore_mass": f"{radar.rescore_mass:g}",
     }
     return ",".join(f"{k}={v}" for k, v in keys.items())
 

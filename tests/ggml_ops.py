@@ -66,6 +66,7 @@ def _load():
     base.ggml_radar_attn_add_sinks.argtypes = [_c, _c]
     base.ggml_radar_attn_set_rescore.argtypes = [_c, ctypes.c_int]
     base.ggml_radar_attn_set_mass.argtypes = [_c, ctypes.c_float]
+    base.ggml_radar_attn_set_rescore_adaptive.argtypes = [_c, ctypes.c_int, ctypes.c_float]
     base.ggml_flash_attn_ext.argtypes = [_c, _c, _c, _c, _c, ctypes.c_float, ctypes.c_float, ctypes.c_float]
     base.ggml_flash_attn_ext.restype = _c
     base.ggml_flash_attn_ext_add_sinks.argtypes = [_c, _c]
@@ -186,6 +187,8 @@ def radar_ops(
     threads=2,
     n_rescore=0,
     mass_target=0.0,
+    rescore_max=0,
+    rescore_mass=0.0,
 ):
     """summarize (all complete segments) + radar_attn on one stream; summaries stored as ``s_type``.
 
@@ -233,6 +236,7 @@ def radar_ops(
             base.ggml_radar_attn_add_sinks(out, g.tensor(sinks))
         base.ggml_radar_attn_set_rescore(out, n_rescore)
         base.ggml_radar_attn_set_mass(out, mass_target)
+        base.ggml_radar_attn_set_rescore_adaptive(out, rescore_max, rescore_mass)
         g.compute(out)
         return g.read(out, (hq, dv)), g.read(su, (max(n_seg, 1), hkv, w), s_type)[:n_seg]
 

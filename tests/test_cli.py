@@ -104,6 +104,8 @@ def test_prompt_longer_than_context(model_path):
         ("--radar-aspect", "0", "aspect"),
         ("--radar-summary-type", "bf16", "summary-type"),
         ("--radar-mass-target", "1.5", "mass-target"),
+        ("--radar-rescore-mass", "1.5", "rescore-mass"),
+        ("--radar-rescore-max", "8", "rescore_max"),  # without --radar-rescore-mass it would do nothing
     ],
 )
 def test_bad_radar_flags_are_usage_errors(flag, value, name):
@@ -116,6 +118,12 @@ def test_mass_target_with_one_stage_is_a_usage_error():
     """A mass target asked for explicitly with one stage would do nothing: refused, not ignored."""
     r = run_cli("--radar-rescore", "0", "--radar-mass-target", "0.9", "-p", "hi", timeout=60)
     assert r.returncode == 2 and "two stages" in r.stderr
+
+
+def test_adaptive_rescore_with_shared_selection_is_a_usage_error():
+    """The adaptive candidate count is per head: with a shared selection it is refused, not ignored."""
+    r = run_cli("--radar-shared-gqa", "--radar-rescore-mass", "0.9", "-p", "hi", timeout=60)
+    assert r.returncode == 2 and "per-head selection" in r.stderr
 
 
 def _radar_gguf(*args: str, **kw):

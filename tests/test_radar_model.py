@@ -131,6 +131,19 @@ def test_mass_target_at_the_full_share_attends_every_segment(qwen):
     assert np.abs(sparse - every).max() > 0.05  # the comparison can fail
 
 
+def test_adaptive_rescore_at_the_full_share_attends_every_segment(qwen):
+    """The adaptive candidate count reaches the kernels: at the full estimated share with a ceiling above the
+    candidates (and the mass target at the full share) every segment is rescored and attended, which is what
+    top-k = all attends; the floor alone (4 x top-k candidates, all of them attended) is far from it."""
+    t = qwen.toks[:1800]
+    floor = next_logits(qwen, t, SPARSE.replace(mass_target=1.0))
+    every = next_logits(qwen, t, EXACT)
+    full = next_logits(qwen, t, SPARSE.replace(mass_target=1.0, rescore_max=64.0, rescore_mass=1.0))
+    assert qwen.radar.rescore_mass == 1.0 and qwen.radar.rescore_max == 64.0
+    np.testing.assert_allclose(full, every, atol=1e-3)
+    assert np.abs(floor - every).max() > 0.05  # the comparison can fail
+
+
 def rebuild_summaries(m):
     """Re-applying the parameters drops every summary: the next graph rebuilds all of them from the
     same cells and K/V (a state round trip would also move cells, changing the segmentation)."""

@@ -483,3 +483,72 @@ def test_mass_target_limits():
     every, _ = radar_ops(q, k, v, mask, **{**kw, "top_k": n_seg})  # the same cells through the same kernel
     np.testing.assert_array_equal(full, every)
     assert np.abs(fixed - dense).max() > 2e-2  # the fixed budget is not dense on this case
+
+
+def _adaptive_counts(q, k, mask, n_seg, seg_len, p, lo, hi):
+    """The reference's adaptive candidate counts per head ([Hq], between lo and hi) on the op's inputs."""
+    d = k.shape[2]
+    scale = d**-0.5
+    s = R.summarize(k, np.isfinite(mask), seg_len, n_seg, R.SCORE_MEANVAR, scale)
+    n_cand = n_seg - 2  # the 32-cell window: two segments of 16
+    sc = R.segment_scores(q, s[:n_cand], R.SCORE_MEANVAR, scale)
+    order = np.argsort(-sc, axis=1, kind="stable")
+    logits = R._logits(q, k, R._as_mask(mask), scale, 0.0, 0.0)
+    always = np.zeros(len(mask), dtype=bool)
+    always[:1] = True
+    always[n_cand * seg_len :] = True
+    al = R._logsumexp(np.where(always[None, :], logits, -np.inf), axis=1)
+    return np.clip(R.estimated_need(np.take_along_axis(sc, order, axis=1), al, seg_len, p), lo, hi)
+
+
+@pytest.mark.parametrize("mass", [0.0, 1.0])
+def test_adaptive_rescore_matches_reference(mass):
+    """Adaptive candidate count: each head rescores its best segments until their estimated share of the mass
+    reaches p, between 12 and 48 candidates; the kernel attends what the reference does, with a count that
+    differs between heads (stage two keeps the top 6 by exact score, or with mass 1 every rescored one).
+    f32 K/V: the counts hinge on sums of estimates; the case is checked not to sit near a count's edge."""
+    p, lo, hi, top_k, seg_len, kv_type = 0.5, 12, 48, 6, 16, F32
+    q, k, v, mask, used = make_case(63, 64, 4, q_scale=3.0)
+    n_seg = used // seg_len
+    counts = _adaptive_counts(q, k, mask, n_seg, seg_len, p, lo, hi)
+    assert len(set(counts.tolist())) > 1 and counts.max() > lo, counts  # the case adapts
+    for dp in (-1e-4, 1e-4):  # f32 estimates move a share by ~1e-6: the counts hold well beyond that
+        assert np.array_equal(_adaptive_counts(q, k, mask, n_seg, seg_len, p + dp, lo, hi), counts)
+    kw = dict(seg_len=seg_len, top_k=top_k, n_sink=1, n_recent=32, score=R.SCORE_MEANVAR, scale=64**-0.5)
+    two = dict(n_rescore=lo, mass_target=mass)
+    out, s = radar_ops(
+        q, k, v, mask, n_seg=n_seg, kv_type=kv_type, rescore_max=hi, rescore_mass=p, **two, **kw
+    )
+    ref = reference(
+        q, k, v, mask, s, n_seg, seg_len, top_k, R.SCORE_MEANVAR, 64**-0.5, kv_type,
+        rescore_max=hi, rescore_mass=p, **two,
+    )  # fmt: skip
+    tol = 1e-4
+    np.testing.assert_allclose(out, ref, atol=tol)
+    if mass == 1.0:
+        # every rescored candidate is attended: a kernel that kept the floor's count would fail above
+        floor, _ = radar_ops(q, k, v, mask, n_seg=n_seg, kv_type=kv_type, **two, **kw)
+        assert np.abs(floor - ref).max() > 10 * tol
+
+
+def test_adaptive_rescore_limits():
+    """p = 1 rescores the ceiling (the same output as a fixed count of 48); a tiny p the floor (12)."""
+    seg_len, lo, hi = 16, 12, 48
+    q, k, v, mask, used = make_case(64, 64, 4)
+    kw = dict(
+        seg_len=seg_len,
+        top_k=6,
+        n_sink=1,
+        n_recent=32,
+        score=R.SCORE_MEANVAR,
+        scale=64**-0.5,
+        n_seg=used // seg_len,
+        mass_target=1.0,
+    )  # fmt: skip  (every rescored candidate attended: the outputs differ by the count alone)
+    ceil, _ = radar_ops(q, k, v, mask, n_rescore=lo, rescore_max=hi, rescore_mass=1.0, **kw)
+    fixed_hi, _ = radar_ops(q, k, v, mask, n_rescore=hi, **kw)
+    np.testing.assert_allclose(ceil, fixed_hi, atol=1e-5)
+    tiny, _ = radar_ops(q, k, v, mask, n_rescore=lo, rescore_max=hi, rescore_mass=1e-6, **kw)
+    fixed_lo, _ = radar_ops(q, k, v, mask, n_rescore=lo, **kw)
+    np.testing.assert_allclose(tiny, fixed_lo, atol=1e-5)
+    assert np.abs(fixed_hi - fixed_lo).max() > 1e-3  # the two limits differ on this case

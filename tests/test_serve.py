@@ -153,6 +153,10 @@ def test_radar_env_keys():
     assert kv["score"] == "3" and kv["summary"] == "f16" and kv["window"] == "32" and kv["sinks"] == "1"
     assert kv["rescore"] == "4" and "rescore=0," in radar_env(RadarConfig(rescore=0.0)) + ","
     assert kv["mass"] == "0.99" and "mass=0," in radar_env(RadarConfig(mass_target=0.0)) + ","
+    adaptive = dict(
+        item.split("=") for item in radar_env(RadarConfig(rescore_mass=0.9, rescore_max=16.0)).split(",")
+    )
+    assert adaptive["rescore_mass"] == "0.9" and adaptive["rescore_max"] == "16" and kv["rescore_mass"] == "0"
     assert radar_env(RadarConfig(enabled=False)) == "0"
     assert slot_ctx(2048) == 2048 and slot_ctx(2049) == 2304
 

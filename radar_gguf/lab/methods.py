@@ -306,17 +306,9 @@ def estimated_need(
     to reach ``p``, ``[Hq]`` int. A meanvar score is the log of a segment's estimated mean ``exp(scale q.k)``,
     so a segment's estimated mass is ``L exp(score)``; the always-attended cells (sinks, window, tail) count
     with their exact mass, which the attention pass computes anyway."""
-    L = geom.seg_len
     always = np.flatnonzero(geom.always(len(valid)) & valid)
     la = ref._logsumexp(_exact_logits(cap, k64, always), axis=1)  # [Hq] log mass of the always-attended cells
-    est = np.take_along_axis(sc, order, axis=1) + math.log(L)  # [Hq, nc] log mass, best first
-    top = est.max(axis=1, keepdims=True)
-    top = np.maximum(top, la[:, None])
-    cum = np.cumsum(np.exp(est - top), axis=1)  # [Hq, nc] estimated mass of the first j+1 candidates
-    base = np.exp(la - top[:, 0])  # [Hq]
-    total = base + cum[:, -1]
-    share = (base[:, None] + cum) / total[:, None]  # [Hq, nc] after keeping j+1
-    return (share < p).sum(axis=1) + 1  # first count whose share reaches p
+    return ref.estimated_need(np.take_along_axis(sc, order, axis=1), la, geom.seg_len, p)
 
 
 def adaptive_order(

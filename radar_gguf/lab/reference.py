@@ -410,6 +410,24 @@ def mass_target_select(
     return ranked, np.clip(np.maximum(need, top_k), 0, n_c).astype(np.int64), ranked_share
 
 
+def estimated_need(ranked_scores: np.ndarray, always_lse: np.ndarray, seg_len: int, p: float) -> np.ndarray:
+    """How many of the best-ranked segments each head needs for their *estimated* share of the attention mass
+    to reach ``p``, ``[Hq]`` int (at most ``n_cand + 1``: not reached). ``ranked_scores: [Hq, n_cand]`` the
+    segment scores best first (a meanvar score is the log of a segment's estimated mean ``exp(scale q.k)``,
+    so its estimated mass is ``seg_len exp(score)``); ``always_lse: [Hq]`` the exact log mass of the cells
+    attended whatever the selection (sinks, recent window, tail, a sink logit)."""
+    est = np.asarray(ranked_scores, dtype=np.float64) + math.log(seg_len)  # [Hq, n_cand] log mass
+    la = np.asarray(always_lse, dtype=np.float64)
+    top = np.maximum(est.max(axis=1), la)  # [Hq]
+    ok = np.isfinite(top)
+    top = np.where(ok, top, 0.0)
+    cum = np.cumsum(np.exp(est - top[:, None]), axis=1)  # [Hq, n_cand] estimated mass of the first j+1
+    base = np.exp(la - top)  # [Hq]
+    total = base + cum[:, -1]
+    need = ((base[:, None] + cum) < p * total[:, None]).sum(axis=1) + 1  # the first count reaching p
+    return np.where(ok, need, 1).astype(np.int64)
+
+
 def radar_attention(
     q: np.ndarray,
     k: np.ndarray,
@@ -430,6 +448,8 @@ def radar_attention(
     sinks: Optional[np.ndarray] = None,
     n_rescore: int = 0,
     mass_target: float = 0.0,
+    rescore_max: int = 0,
+    rescore_mass: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Radar decode attention for one token of one stream (steps 1-4 of ``docs/radar-ops.md``).
 
@@ -439,6 +459,8 @@ def radar_attention(
     ``sinks: [Hq]`` optional sink logits. ``n_rescore > top_k``: two-stage selection, the ``n_rescore`` best
     candidates by score are rescored exactly (:func:`rescore_exact`) and the ``top_k`` best of those kept;
     with ``mass_target`` p > 0 more of them are kept until they hold the share p (:func:`mass_target_select`).
+    ``rescore_mass`` > 0 (per-head selection): each head rescores as many of its best candidates as
+    :func:`estimated_need` says for that share, between ``n_rescore`` and ``rescore_max``.
 
     Returns ``(out [Hq, Dv] float32, selected)`` where ``selected[h]`` is the sorted int array of the
     segment ids kept for query head ``h``: the ``top_k`` chosen candidates plus the forced recent ones.
@@ -477,10 +499,29 @@ def radar_attention(
         order = np.argsort(-sc, axis=1, kind="stable")  # [Hq, n_cand]
         n_c = min(n_rescore, n_cand) if n_rescore > top_k else top_k
         keep = np.full(hq, max(top_k, 0))  # [Hq] candidates kept per head
-        if n_c > top_k and mass_target > 0:
-            always = np.zeros(n_kv, dtype=bool)  # [n_kv] cells attended whatever the selection
-            always[: min(max(n_sink, 0), n_seg * L)] = True
-            always[n_cand * L :] = True
+        always = np.zeros(n_kv, dtype=bool)  # [n_kv] cells attended whatever the selection
+        always[: min(max(n_sink, 0), n_seg * L)] = True
+        always[n_cand * L :] = True
+        adaptive = rescore_mass > 0 and rescore_max > n_rescore > top_k and not shared and n_cand > n_c
+        if adaptive:
+            al = _logsumexp(np.where(always[None, :], logits, -np.inf), axis=1)  # [Hq]
+            if sinks is not None:
+                al = np.logaddexp(al, np.asarray(sinks, dtype=np.float64))
+            n_hi = min(rescore_max, n_cand)
+            need = estimated_need(np.take_along_axis(sc, order, axis=1), al, L, rescore_mass)
+            n_h = np.clip(need, n_c, n_hi)  # [Hq] candidates rescored per head
+            order = order.copy()
+            for h in range(hq):
+                c, hs = int(n_h[h]), slice(h, h + 1)
+                if mass_target > 0:
+                    sk = None if sinks is None else np.asarray(sinks)[hs]
+                    ranked, kp, _ = mass_target_select(
+                        order[hs, :c], logits[hs], always, L, n_sink, False, 1, top_k, mass_target, sk
+                    )
+                    order[h, :c], keep[h] = ranked[0], kp[0]
+                else:
+                    order[h, :c] = rescore_exact(order[hs, :c], logits[hs], L, n_sink, False, 1)[0]
+        elif n_c > top_k and mass_target > 0:
             order, keep, _ = mass_target_select(
                 order[:, :n_c], logits, always, L, n_sink, shared, g, top_k, mass_target, sinks
             )  # [Hq, n_c], [Hq]

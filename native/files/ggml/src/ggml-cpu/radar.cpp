@@ -202,6 +202,13 @@ void ggml_compute_forward_radar_summarize(
 
 // ggml_compute_forward_radar_attn
 
+// the most candidates stage two rescores: n_rescore, or with an adaptive count its ceiling
+static int64_t radar_n_rescore_cap(const ggml_tensor * dst) {
+    const int64_t n_rescore = ggml_get_op_params_i32(dst, 9);
+    const bool    adaptive  = ggml_get_op_params_f32(dst, 12) > 0.0f;
+    return adaptive ? MAX(n_rescore, (int64_t) ggml_get_op_params_i32(dst, 11)) : n_rescore;
+}
+
 size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
     const int64_t DK    = dst->src[1]->ne[0];
     const int64_t DV    = dst->src[2]->ne[0];
@@ -210,7 +217,7 @@ size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
     const int64_t m     = dst->src[6] ? dst->src[6]->ne[1] : 0;
     const int64_t W     = dst->src[4]->ne[0];
     const int64_t L     = ggml_get_op_params_i32(dst, 1);
-    const int64_t n_c   = MIN((int64_t) ggml_get_op_params_i32(dst, 9), n_seg); // rescored candidates
+    const int64_t n_c   = MIN(radar_n_rescore_cap(dst), n_seg); // rescored candidates
     return (G + 4)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + L + n_c*L + 2*CACHE_LINE_SIZE_F32 + 16;
 }
 
@@ -221,7 +228,7 @@ size_t ggml_radar_attn_wsize_shared(const ggml_tensor * dst) {
     const int64_t n_hkv = dst->src[1]->ne[2];
     const int64_t n_seg = dst->src[4]->ne[2];
     const int64_t L     = ggml_get_op_params_i32(dst, 1);
-    const int64_t n_c   = MIN((int64_t) ggml_get_op_params_i32(dst, 9), n_seg); // rescored candidates
+    const int64_t n_c   = MIN(radar_n_rescore_cap(dst), n_seg); // rescored candidates
     const int64_t sh    = ggml_get_op_params_i32(dst, 5) != 0; // a shared selection
     // the group scores [ns, n_hq, n_seg] (MEAN, MEANVAR, MINMAX), then the shared selections [ns, n_hkv, n_seg]
     // as bytes (in floats, rounded up), then the shared two stages' logits of every query head
@@ -296,6 +303,9 @@ void ggml_compute_forward_radar_attn(
     const float   softcap  = ggml_get_op_params_f32(dst, 8);
     const int64_t n_rescore = ggml_get_op_params_i32(dst, 9);
     const float   mass      = ggml_get_op_params_f32(dst, 10);
+    const int64_t n_resc_hi = radar_n_rescore_cap(dst);        // adaptive: the ceiling of the candidates
+    const float   p_resc    = ggml_get_op_params_f32(dst, 12); // adaptive: their estimated share
+    const bool    adaptive  = p_resc > 0.0f && n_resc_hi > n_rescore && n_rescore > top_k && !shared;
 
     GGML_TENSOR_LOCALS(int64_t, neq, q,   ne)
     GGML_TENSOR_LOCALS(size_t,  nbq, q,   nb)
@@ -353,7 +363,7 @@ void ggml_compute_forward_radar_attn(
     void  * Q_q    = (void *) (q2g + G*DK + CACHE_LINE_SIZE_F32); // [DK] query in K's vec-dot type
     float * lseg   = (float *) Q_q + DK;             // [L] the logits of one segment
     float * clog   = lseg + L;                       // [n_rescore, L] the head's logits of its rescored candidates
-    int32_t * cpos = (int32_t *) (clog + MIN(n_rescore, n_seg_cap)*L); // [n_seg_cap] 1 + slot in clog, 0: none
+    int32_t * cpos = (int32_t *) (clog + MIN(n_resc_hi, n_seg_cap)*L); // [n_seg_cap] 1 + slot in clog, 0: none
 
     // MEAN, MEANVAR, MINMAX: scores of all query heads, computed per KV group before the selection,
     // so that each summary row is read once per group (not once per query head); [ns, n_hq, n_seg_cap]
@@ -515,7 +525,7 @@ void ggml_compute_forward_radar_attn(
     // 1. choose segments: keep[0, n_seg) for query head h (with shared, for h's group) of stream st; pos
     // marks the rescored candidates whose logits are kept in logs: [n_c_cap, L] of head h, or with shared
     // [G, n_c_cap, L], those of every head of the group
-    const int64_t n_c_cap = MIN(n_rescore, n_seg_cap);
+    const int64_t n_c_cap = MIN(n_resc_hi, n_seg_cap);
     auto choose = [&](int64_t h, int64_t st, int64_t n_seg, int64_t n_cand, const char * mp, int32_t * pos,
                       float * logs) {
         const int64_t hk = h/G;
@@ -558,8 +568,45 @@ void ggml_compute_forward_radar_attn(
                 return shs[a] > shs[b] || (shs[a] == shs[b] && a < b);
             };
             // two stages: the n_c best by summary score are rescored exactly, then the top_k of them are kept
-            const int64_t n_c = n_rescore > top_k ? MIN(n_rescore, n_cand) : top_k;
-            std::nth_element(idx, idx + n_c, idx + n_cand, better);
+            int64_t n_c = n_rescore > top_k ? MIN(n_rescore, n_cand) : top_k;
+            float   al_adaptive = NAN; // the always-attended log mass, when the adaptive count computed it
+            if (adaptive && n_cand > n_c) {
+                // as many of the best by score (at least n_c, at most n_hi) as it takes for their estimated
+                // share of the mass to reach p_resc: a segment's estimate is L exp(score), the always-attended
+                // cells (and a sink logit) count with their exact mass
+                const int64_t n_hi = MIN(n_resc_hi, n_cand);
+                std::partial_sort(idx, idx + n_hi, idx + n_cand, better);
+                q_to_vec_dot((const float *) ((const char *) q->data + h*nbq2 + st*nbq3), Q_q, DK);
+                float al = always_lse(mp, slope_of(h), n_seg, n_cand, hk, st);
+                if (sinks) {
+                    al = log_add(al, ((const float *) sinks->data)[h]);
+                }
+                al_adaptive = al;
+                const float log_l = logf((float) L);
+                float mx = al;
+                for (int64_t sg = 0; sg < n_cand; ++sg) {
+                    mx = MAX(mx, shs[sg] + log_l);
+                }
+                if (mx != -INFINITY) {
+                    double total = 0.0;
+                    for (int64_t sg = 0; sg < n_cand; ++sg) {
+                        total += expf(shs[sg] + log_l - mx);
+                    }
+                    double acc = expf(al - mx);
+                    total += acc;
+                    int64_t need = n_hi;
+                    for (int64_t i = 0; i < n_hi; ++i) {
+                        acc += expf(shs[idx[i]] + log_l - mx);
+                        if (acc >= p_resc*total) {
+                            need = i + 1;
+                            break;
+                        }
+                    }
+                    n_c = MAX(n_c, need);
+                }
+            } else {
+                std::nth_element(idx, idx + n_c, idx + n_cand, better);
+            }
             int64_t n_keep = top_k;
             if (n_c > top_k) {
                 // exact log mass of each candidate's non-sink cells (the sinks are attended anyway);
@@ -590,9 +637,12 @@ void ggml_compute_forward_radar_attn(
                         }
                     }
                     if (mass > 0.0f) {
-                        float al = always_lse(mp, slope, n_seg, n_cand, hk, st);
-                        if (sinks) {
-                            al = log_add(al, ((const float *) sinks->data)[hh]);
+                        float al = al_adaptive;
+                        if (std::isnan(al)) {
+                            al = always_lse(mp, slope, n_seg, n_cand, hk, st);
+                            if (sinks) {
+                                al = log_add(al, ((const float *) sinks->data)[hh]);
+                            }
                         }
                         lse   = log_add(lse, al);
                         known = log_add(known, al - lse);

@@ -76,6 +76,8 @@ bool ggml_cuda_radar_supported(const ggml_tensor * op) {
                 (sinks == nullptr || sinks->type == GGML_TYPE_F32) &&
                 // a mass target sorts its candidates in shared memory
                 (ggml_get_op_params_f32(op, 10) == 0.0f || ggml_get_op_params_i32(op, 9) <= RADAR_MASS_MAX_CAND) &&
+                // an adaptive candidate count (ggml_radar_attn_set_rescore_adaptive) runs on the CPU only
+                ggml_get_op_params_f32(op, 12) == 0.0f &&
                 op->type == GGML_TYPE_F32 && ggml_is_contiguous(op);
         }
         default:

@@ -543,8 +543,8 @@ def test_adaptive_rescore_limits():
         score=R.SCORE_MEANVAR,
         scale=64**-0.5,
         n_seg=used // seg_len,
-        mass_target=1.0,
-    )  # fmt: skip  (every rescored candidate attended: the outputs differ by the count alone)
+        mass_target=1.0,  # every rescored candidate attended: the outputs differ by the count alone
+    )
     ceil, _ = radar_ops(q, k, v, mask, n_rescore=lo, rescore_max=hi, rescore_mass=1.0, **kw)
     fixed_hi, _ = radar_ops(q, k, v, mask, n_rescore=hi, **kw)
     np.testing.assert_allclose(ceil, fixed_hi, atol=1e-5)

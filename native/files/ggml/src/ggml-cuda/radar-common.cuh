@@ -26,6 +26,7 @@
 #define RADAR_SELECT_NTHREADS      256
 #define RADAR_SELECT_SMEM_MAX    32768 // bytes of dynamic shared memory for the keys of radar_select
 #define RADAR_MASS_MAX_CAND       2048 // candidates of stage two with a mass target (sorted in shared memory)
+#define RADAR_MASS_RANK_MAX        256 // up to this many: ranked by counting (one barrier), else a bitonic sort
 #define RADAR_SELECT_SMALL_K        32 // top-k up to this: radar_top_k_hist, which radar_attn_kernel runs itself
 #define RADAR_SELECT_BINS_LOG2      10 // bins of radar_top_k_threshold: 10 bits of the key per pass
 #define RADAR_ATTN_SEL_MAX          64 // kept segments (top-k + recent) up to this: radar_attn_kernel selects itself

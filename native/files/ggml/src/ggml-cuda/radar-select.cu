@@ -686,16 +686,25 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
 // stage two with a mass target (p.mass > 0): each head's exact scores of its candidates (p.cand, p.exact) and
 // the mass of its always-attended cells (p.always, with the sink logit) become shares of all the mass the two
 // stages know of, summed over the group when shared; the candidates are ranked by share (ties to the lower
-// segment) with a bitonic sort in shared memory, the top_k best kept, then more while the kept share is below
-// p.mass (p.mass times the group size when shared), up to all of them (all of them at p.mass = 1). Per head,
-// then dst of the head: the outputs of its kept candidates and of its always-attended cells (p.cpart, from
+// segment), the top_k best kept, then more while the kept share is below p.mass (p.mass times the group size
+// when shared), up to all of them (all of them at p.mass = 1). Per head (p.merge, then one head per block),
+// dst of the head: the outputs of its kept candidates and of its always-attended cells (p.cpart, from
 // radar_rescore) weighted by their exact masses, the sink in the denominator. Shared, the list of the kept
-// segments (p.sel) for radar_attn_kernel instead. One block per selection; dynamic shared memory: n_pow2 sort keys (8 bytes) + 2 n_rescore floats, n_rescore <=
-// RADAR_MASS_MAX_CAND.
+// segments (p.sel) for radar_attn_kernel instead. One block per selection.
+// The block is short and its steps wait on each other, so what it waits for is taken off the chain: the
+// outputs it merges are loaded first, while the ranking runs (they do not depend on which are kept: the others
+// get weight 0); up to RADAR_MASS_RANK_MAX candidates are ranked by counting the larger keys (one barrier)
+// instead of a bitonic sort (28 barriers for 128 keys).
+// Dynamic shared memory: n_pow2 sort keys (8 bytes) + 2 n_rescore floats, n_rescore <= RADAR_MASS_MAX_CAND.
+template <int D>
 __launch_bounds__(RADAR_SELECT_NTHREADS)
-static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2, const int D) {
+static __global__ void radar_select_mass(const radar_attn_params p, const int n_pow2) {
     constexpr int nthreads = RADAR_SELECT_NTHREADS;
     constexpr int nwarps   = nthreads/WARP_SIZE;
+    constexpr int NV       = D/4;          // float4 of an output row
+    constexpr int NP       = nthreads/NV;  // rows summed side by side: thread t takes rows t/NV + j*NP, values t % NV
+    constexpr int NB       = 16;           // rows of a thread loaded at once (all of them up to NB*NP candidates)
+    static_assert(nthreads % NV == 0, "whole rows per step");
 
     const int item = blockIdx.x;
     const int st   = blockIdx.y;
@@ -704,9 +713,9 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
     extern __shared__ uint64_t mkeys[];         // [n_pow2] (share bits << 32) | ~index, sorted descending
     float * share = (float *) (mkeys + n_pow2); // [n_rescore] summed share of each candidate
     float * w_sh  = share + p.n_rescore;        // [n_rescore] weight of each candidate in dst (0: not kept)
-    __shared__ float red_f[nwarps];
-    __shared__ float part_sh[nthreads];
-    __shared__ int   cut_sh;
+    __shared__ float  red_f[nwarps];
+    __shared__ float4 part_sh[nthreads];
+    __shared__ int    cut_sh;
 
     const int h0 = p.shared ? item*p.gqa : item;
     const int nh = p.shared ? p.gqa : 1;
@@ -714,6 +723,19 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
     const radar_counts cnt = radar_get_counts(p, st);
     const int n_in   = min(p.n_rescore, cnt.n_cand);
     int       n_keep = n_in; // no more candidates than top_k (all rescored, n_cand <= top_k < n_rescore): all kept
+
+    // the first rows of the outputs to merge, on their way while the ranking runs
+    const int     iv  = tid % NV;
+    const int     ir  = tid / NV;
+    const float4 *cp4 = (const float4 *) (p.cpart + ((int64_t) st*p.n_hq + h0)*(p.n_rescore + 1)*D); // pool: 16-byte aligned
+    float4 x[NB];
+    if (p.merge) {
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+            const int i = ir + j*NP;
+            x[j] = i < n_in ? cp4[(int64_t) i*NV + iv] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    }
 
     if (cnt.n_cand > p.top_k) {
         // shares: exp(exact - T) with T = logsumexp(exact over the candidates, always, sink), summed over the heads
@@ -748,24 +770,37 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
         __syncthreads();
 
         // best first: shares are >= 0, so their bits order like them; ~index puts the lower index first on ties
-        for (int i = tid; i < n_pow2; i += nthreads) {
-            mkeys[i] = i < n_in ? ((uint64_t) __float_as_uint(share[i]) << 32) | (uint32_t) ~i : 0;
-        }
-        __syncthreads();
-        for (int k = 2; k <= n_pow2; k <<= 1) {
-            for (int j = k >> 1; j > 0; j >>= 1) {
-                for (int i = tid; i < n_pow2; i += nthreads) {
-                    const int ij = i ^ j;
-                    if (ij > i) {
-                        const uint64_t a = mkeys[i];
-                        const uint64_t b = mkeys[ij];
-                        if ((i & k) == 0 ? a < b : a > b) {
-                            mkeys[i]  = b;
-                            mkeys[ij] = a;
+        if (n_in <= RADAR_MASS_RANK_MAX) {
+            // the rank of a key is the number of larger keys (all keys differ in their index bits)
+            for (int i = tid; i < n_in; i += nthreads) {
+                const uint64_t ki = ((uint64_t) __float_as_uint(share[i]) << 32) | (uint32_t) ~i;
+                int rank = 0;
+                for (int j = 0; j < n_in; ++j) {
+                    rank += (((uint64_t) __float_as_uint(share[j]) << 32) | (uint32_t) ~j) > ki;
+                }
+                mkeys[rank] = ki;
+            }
+            __syncthreads();
+        } else {
+            for (int i = tid; i < n_pow2; i += nthreads) {
+                mkeys[i] = i < n_in ? ((uint64_t) __float_as_uint(share[i]) << 32) | (uint32_t) ~i : 0;
+            }
+            __syncthreads();
+            for (int k = 2; k <= n_pow2; k <<= 1) {
+                for (int j = k >> 1; j > 0; j >>= 1) {
+                    for (int i = tid; i < n_pow2; i += nthreads) {
+                        const int ij = i ^ j;
+                        if (ij > i) {
+                            const uint64_t a = mkeys[i];
+                            const uint64_t b = mkeys[ij];
+                            if ((i & k) == 0 ? a < b : a > b) {
+                                mkeys[i]  = b;
+                                mkeys[ij] = a;
+                            }
                         }
                     }
+                    __syncthreads();
                 }
-                __syncthreads();
             }
         }
 
@@ -815,7 +850,11 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
         return;
     }
 
-    // kept: the first n_keep of the ranking (all n_in without a ranking); w_sh is 1 for them, 0 for the others
+    // dst of the head (per-head selection: nh == 1). The weight of a candidate is its exact mass if it is kept
+    // (the first n_keep of the ranking; all n_in without a ranking), else 0
+    const int     h  = h0;
+    const float * ex = p.exact + ((int64_t) st*p.n_hq + h)*p.n_rescore;
+    const float   al = p.always[(int64_t) st*p.n_hq + h];
     for (int i = tid; i < n_in; i += nthreads) {
         w_sh[i] = n_keep == n_in ? 1.0f : 0.0f;
     }
@@ -824,59 +863,61 @@ static __global__ void radar_select_mass(const radar_attn_params p, const int n_
         for (int j = tid; j < n_keep; j += nthreads) {
             w_sh[(int) ~(uint32_t) mkeys[j]] = 1.0f;
         }
-        __syncthreads();
     }
+    __syncthreads();
+    float mx = al;
     for (int i = tid; i < n_in; i += nthreads) {
-        share[i] = w_sh[i]; // the flags, as the weights of each head overwrite w_sh
+        mx = w_sh[i] != 0.0f ? fmaxf(mx, ex[i]) : mx;
     }
+    mx = radar_block_max(mx, red_f); // its syncs also order the flags before w_sh is rewritten
+    float s = 0.0f;
+    for (int i = tid; i < n_in; i += nthreads) {
+        const float w = w_sh[i] != 0.0f && mx != -INFINITY ? expf(ex[i] - mx) : 0.0f;
+        w_sh[i] = w;
+        s += w;
+    }
+    const float wa = mx == -INFINITY ? 0.0f : expf(al - mx);
+    const float S  = radar_block_sum(s, red_f) + wa; // its syncs publish w_sh
 
-    // dst of each head; thread t sums the candidates t/D, t/D + nthreads/D, ... of the value t % D, in batches
-    // of independent loads, then the partial sums of a value are added
-    const int d  = tid % D;
-    const int np = nthreads/D;
-    for (int g = 0; g < nh; ++g) {
-        const int     h  = h0 + g;
-        const float * ex = p.exact + ((int64_t) st*p.n_hq + h)*p.n_rescore;
-        const float   al = p.always[(int64_t) st*p.n_hq + h];
-        float mx = al;
-        for (int i = tid; i < n_in; i += nthreads) {
-            mx = share[i] != 0.0f ? fmaxf(mx, ex[i]) : mx;
-        }
-        mx = radar_block_max(mx, red_f); // its syncs also order the flags before w_sh is rewritten
-        float s = 0.0f;
-        for (int i = tid; i < n_in; i += nthreads) {
-            const float w = share[i] != 0.0f && mx != -INFINITY ? expf(ex[i] - mx) : 0.0f;
-            w_sh[i] = w;
-            s += w;
-        }
-        const float wa = mx == -INFINITY ? 0.0f : expf(al - mx);
-        const float S  = radar_block_sum(s, red_f) + wa; // its syncs publish w_sh
-
-        const float * cp = p.cpart + ((int64_t) st*p.n_hq + h)*(p.n_rescore + 1)*D;
-        float o = tid < D ? wa*cp[(int64_t) p.n_rescore*D + d] : 0.0f;
-        constexpr int nb = 8;
-        for (int i0 = tid/D; i0 < n_in; i0 += nb*np) {
-            float x[nb];
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (tid < NV) {
+        const float4 c = cp4[(int64_t) p.n_rescore*NV + iv];
+        o = make_float4(wa*c.x, wa*c.y, wa*c.z, wa*c.w);
+    }
+    for (int i0 = ir; i0 < n_in; i0 += NB*NP) {
+        if (i0 != ir) { // past the prefetched rows
 #pragma unroll
-            for (int j = 0; j < nb; ++j) {
-                const int i = i0 + j*np;
-                x[j] = i < n_in ? cp[(int64_t) i*D + d] : 0.0f;
+            for (int j = 0; j < NB; ++j) {
+                const int i = i0 + j*NP;
+                x[j] = i < n_in ? cp4[(int64_t) i*NV + iv] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
+        }
 #pragma unroll
-            for (int j = 0; j < nb; ++j) {
-                const int i = i0 + j*np;
-                o = i < n_in ? fmaf(w_sh[i], x[j], o) : o;
-            }
+        for (int j = 0; j < NB; ++j) {
+            const int   i = i0 + j*NP;
+            const float w = i < n_in ? w_sh[i] : 0.0f;
+            o.x = fmaf(w, x[j].x, o.x);
+            o.y = fmaf(w, x[j].y, o.y);
+            o.z = fmaf(w, x[j].z, o.z);
+            o.w = fmaf(w, x[j].w, o.w);
         }
-        part_sh[tid] = o;
-        __syncthreads();
-        if (tid < D) {
-            for (int q = 1; q < np; ++q) {
-                o += part_sh[q*D + tid];
-            }
-            ((float *) (p.dst + h*p.nb1 + st*p.nb3))[d] = o*radar_out_scale(mx, S, p.sinks, h);
+    }
+    part_sh[tid] = o;
+    __syncthreads();
+    if (tid < NV) {
+        for (int q = 1; q < NP; ++q) {
+            const float4 t = part_sh[q*NV + tid];
+            o.x += t.x;
+            o.y += t.y;
+            o.z += t.z;
+            o.w += t.w;
         }
-        __syncthreads();
+        const float scl = radar_out_scale(mx, S, p.sinks, h);
+        float * out = (float *) (p.dst + h*p.nb1 + st*p.nb3) + 4*iv;
+        out[0] = o.x*scl;
+        out[1] = o.y*scl;
+        out[2] = o.z*scl;
+        out[3] = o.w*scl;
     }
 }
 
@@ -971,7 +1012,12 @@ void radar_score_select_launch(const int D, const ggml_type type_K, const ggml_t
                 n_pow2 *= 2;
             }
             const size_t smem_mass = n_pow2*sizeof(uint64_t) + 2*p.n_rescore*sizeof(float);
-            radar_select_mass<<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2, D);
+            switch (D) {
+                case  64: radar_select_mass< 64><<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2); break;
+                case 128: radar_select_mass<128><<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2); break;
+                case 256: radar_select_mass<256><<<grid, RADAR_SELECT_NTHREADS, smem_mass, stream>>>(p, n_pow2); break;
+                default: GGML_ABORT("fatal error");
+            }
         } else if (!p.select_in_attn) {
             radar_select<<<grid, RADAR_SELECT_NTHREADS, smem, stream>>>(
                 p, p.exact, p.n_rescore, p.cand, p.sel, p.n_seg_cap + 1, p.top_k, true);

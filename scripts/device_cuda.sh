@@ -10,6 +10,7 @@
 #   bash scripts/device_cuda.sh multigpu SHAPE DEPTH      # 2 GPUs, -sm layer: logits vs 1 GPU, and speed
 #   bash scripts/device_cuda.sh profile SHAPE DEPTH       # ncu: time of each decode attention kernel (KERNELS=regex)
 #   bash scripts/device_cuda.sh trace SHAPE DEPTHS        # CUPTI trace of whole decode steps: where a step's time goes
+#   bash scripts/device_cuda.sh long SHAPE DEPTHS          # decode at 128k-1M over a tiled cache (scripts/long_context.py)
 #   bash scripts/device_cuda.sh serve SHAPE DEPTH [cpu]   # llama-server, 1/4/8 concurrent streams (scripts/bench_serve.py)
 #
 # The source is .dev/slim (a copy of the dev tree without docs/models, small enough to copy to the GPU machine); the
@@ -190,6 +191,26 @@ case "${1:-}" in
                 > "$out/trace-$shape-$mode.json" 2> "$scratch/trace-$mode.log" || { tail -20 "$scratch/trace-$mode.log"; exit 1; }
             python3 scripts/profile_summary.py "$scratch/trace-$mode.csv" --depths "$depths" --layers "${LAYERS:-32}" \
                 --label "$shape $mode" --out "$out/profile-$shape-$mode" | grep -E "^#|^## |^wall|^kernels|^gap|^launches"
+        done
+        ;;
+    long)
+        # decode at 128k-1M tokens over a cache filled by tiling one prefilled block, Radar then dense
+        # (KV: cache type, default q8_0; BLOCK: the prefilled block; CHECK: a depth also prefilled for real):
+        # long-SHAPE-KV-MODE.json, the log's buffer sizes (memory per component) printed
+        shape=${2:-llama-8b}
+        depths=${3:-131072,262144,524288,1048576}
+        kv=${KV:-q8_0}
+        q=$(model "$shape")
+        export PYTHONPATH=scripts:$bindings LLAMA_CPP_LIB_PATH=$bld/bin
+        preload_libstdcxx
+        for mode in ${MODES:-radar dense}; do
+            env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
+            name=long-$shape-$kv-$mode
+            LLAMA_RADAR=$env_radar python3 scripts/long_context.py "$q" --ngl 99 --ctk "$kv" --block "${BLOCK:-65536}" \
+                --check "${CHECK:-131072}" --depths "$depths" --steps "${NGEN:-32}" --json "$out/$name.json" \
+                2> "$out/$name.log" | sed "s/^/$mode /" || { tail -20 "$out/$name.log"; exit 1; }
+            grep -E "buffer size" "$out/$name.log" | sort -u || true
+            gzip -f "$out/$name.log"
         done
         ;;
     serve)

@@ -32,7 +32,7 @@ import sys
 import time
 
 import numpy as np
-from radar_logits import _bindings
+from radar_logits import _bindings, fill_batch
 
 GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
 STATE_MAGIC = 0xAF143CD8  # llama-context.cpp io_magic of the pinned tree
@@ -143,14 +143,7 @@ def main() -> None:
     batch = L.llama_batch_init(512, 0, 1)
 
     def decode(pos: int, n: int, want_last: bool) -> None:
-        tokens = rng.integers(16, n_vocab, size=n, dtype=np.int32)
-        batch.n_tokens = n
-        for i in range(n):
-            batch.token[i] = int(tokens[i])
-            batch.pos[i] = pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = want_last and i == n - 1
+        fill_batch(batch, rng.integers(16, n_vocab, size=n, dtype=np.int32), pos, want_last)
         rc = L.llama_decode(ctx, batch)
         if rc != 0:
             sys.exit(f"long_context: llama_decode returned {rc} at position {pos}")

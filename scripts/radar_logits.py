@@ -43,6 +43,18 @@ def _bindings():
     return importlib.import_module("llama_cpp.llama_cpp")
 
 
+def fill_batch(batch, tokens: np.ndarray, pos: int, want_last: bool) -> None:
+    """Sequence 0's tokens at positions pos, pos+1, ... into a llama_batch; logits of the last if asked."""
+    n = len(tokens)
+    batch.n_tokens = n
+    for i in range(n):
+        batch.token[i] = int(tokens[i])
+        batch.pos[i] = pos + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = want_last and i == n - 1
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     L = _bindings()
     L.llama_backend_init()
@@ -72,13 +84,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     batch = L.llama_batch_init(512, 0, 1)
 
     def decode(start: int, n: int, want_last: bool) -> None:
-        batch.n_tokens = n
-        for i in range(n):
-            batch.token[i] = int(tokens[start + i])
-            batch.pos[i] = start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = want_last and i == n - 1
+        fill_batch(batch, tokens[start : start + n], start, want_last)
         rc = L.llama_decode(ctx, batch)
         if rc != 0:
             sys.exit(f"radar_logits: llama_decode returned {rc} at position {start}")

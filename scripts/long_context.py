@@ -28,6 +28,7 @@ import argparse
 import ctypes
 import json
 import os
+import struct
 import sys
 import time
 
@@ -42,8 +43,12 @@ class Block:
     """The parsed sequence state of one prefilled block: per layer its K rows and V rows."""
 
     def __init__(self, raw: np.ndarray) -> None:
-        u32 = lambda off: int(raw[off : off + 4].view(np.uint32)[0])  # noqa: E731
-        u64 = lambda off: int(raw[off : off + 8].view(np.uint64)[0])  # noqa: E731
+        def u32(off: int) -> int:
+            return struct.unpack_from("<I", raw, off)[0]
+
+        def u64(off: int) -> int:
+            return struct.unpack_from("<Q", raw, off)[0]
+
         if u32(0) != STATE_MAGIC:
             sys.exit("long_context: the sequence state does not start with the pinned tree's magic")
         if u32(8) != 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-SCORES = ("rf", "mean", "meanvar", "minmax", "oracle")  # index = enum llama_radar_score
+SCORES = ("rf", "mean", "meanvar", "minmax", "oracle", "union")  # index = enum llama_radar_score
 SUMMARY_TYPES = {"f32": 0, "f16": 1}  # name -> enum ggml_type
 # dense_below=-1: the library's thresholds (LLAMA_RADAR_DENSE_BELOW_CPU/_GPU in llama.h)
 DENSE_BELOW_CPU = 12288
@@ -33,7 +33,9 @@ class RadarConfig:
         enabled: use Radar at decode once the context holds ``dense_below`` tokens.
         score: segment score: ``"meanvar"`` (mean key + per-channel variance), ``"mean"``,
             ``"minmax"`` (Quest-style bound), ``"rf"`` (the paper's random features, log domain),
-            ``"oracle"`` (exact attention mass; evaluation only, reads every key).
+            ``"oracle"`` (exact attention mass; evaluation only, reads every key), ``"union"`` (stage
+            one takes half its candidates by ``meanvar`` and the rest by ``minmax``: summaries of both,
+            twice the bytes; CPU only: a KV cache on CUDA or Metal refuses it; docs/quality.md).
         n_feat: random features m for ``score="rf"`` (2m features per key; the paper uses 16*head_dim).
         top_k: segments selected per decode step; 0 means ``token_budget // segment_length``.
         token_budget: tokens selected per step when ``top_k`` is 0.
@@ -162,6 +164,8 @@ class RadarConfig:
                 )
             if self.shared_gqa:
                 bad("rescore_mass", "needs per-head selection (shared_gqa off)")
+            if self.score == "union":
+                bad("rescore_mass", "needs one summary score (its estimate), not union")
         return self
 
     @property

@@ -46,6 +46,10 @@ def test_radar_config_validation_names_the_parameter():
         RadarConfig().replace(budget=3)
     with pytest.raises(ValueError, match="mass_target"):
         RadarConfig(mass_target=1.5).validate()
+    # the adaptive candidate count estimates mass from one score: union has two
+    with pytest.raises(ValueError, match="rescore_mass.*union"):
+        RadarConfig(score="union", rescore_max=16, rescore_mass=0.9).validate()
+    RadarConfig(score="union").validate()
 
 
 def test_c_api_rejects_bad_parameters(model):

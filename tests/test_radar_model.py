@@ -118,6 +118,21 @@ def test_rescore_every_candidate_selects_like_the_oracle(qwen):
     assert np.abs(one - oracle).max() > 0.05  # one stage picks otherwise: the comparison can fail
 
 
+def test_union_score_runs_through_the_model(qwen):
+    """score union (summaries of meanvar and minmax, 4D+1 floats a row): the library allocates its summaries
+    and takes it; with every candidate rescored it selects as the oracle does (stage one no longer matters),
+    and at four candidates per kept segment it picks otherwise than meanvar alone."""
+    t = qwen.toks[:1800]
+    base = SPARSE.replace(n_sink=0, rescore=4.0)
+    meanvar = next_logits(qwen, t, base)
+    oracle = next_logits(qwen, t, base.replace(score="oracle", rescore=0.0))
+    union = next_logits(qwen, t, base.replace(score="union"))
+    assert qwen.radar.score == "union" and qwen.radar_stats().n_decode_radar > 0
+    assert np.abs(union - meanvar).max() > 0.05
+    every = next_logits(qwen, t, base.replace(score="union", rescore=64.0))
+    np.testing.assert_allclose(every, oracle, atol=1e-3)
+
+
 def test_mass_target_at_the_full_share_attends_every_segment(qwen):
     """The mass target reaches the kernels: at the full share with every candidate rescored, every segment
     is attended, which is what top-k = all attends; the fixed budget of the same config is far from it."""

@@ -13,7 +13,7 @@ from ggml_ops import F16, F32, Q8_0, dequant, flash_attn, make_case, radar_ops
 
 from radar_gguf.lab import reference as R
 
-SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE]
+SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE, R.SCORE_UNION]
 
 
 def reference(q, k, v, mask, summaries, n_seg, seg_len, top_k, score, scale, kv_type, selection=False, **kw):
@@ -326,6 +326,30 @@ def _rescore_margin(q, k, mask, seg_len, n_seg, top_k, n_rescore, scale, n_sink,
     logits = R._logits(q, k, R._as_mask(mask), scale, 0.0, 0.0)
     ex = -np.sort(-R.rescore_scores(cand, logits, seg_len, n_sink, shared, g), axis=1)
     return float((ex[:, top_k - 1] - ex[:, top_k]).min())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_union_candidates_match_reference(shared):
+    """UNION: stage two rescores half its candidates by meanvar and the rest by minmax; the output is the
+    reference's, and it differs from what either score alone selects (a kernel that took all candidates from
+    one score would fail)."""
+    d = 64
+    q, k, v, mask, used = make_case(65, d, 4, q_scale=4.0)
+    seg_len, scale, top_k, n_rescore = 16, d**-0.5, 6, 24
+    n_seg = used // seg_len
+    kw = dict(seg_len=seg_len, top_k=top_k, n_sink=1, n_recent=32, scale=scale, n_seg=n_seg, shared=shared)
+    out, s = radar_ops(q, k, v, mask, score=R.SCORE_UNION, n_rescore=n_rescore, **kw)
+    ref_s = R.summarize(dequant(k, F16), np.isfinite(mask), seg_len, n_seg, R.SCORE_UNION, scale)
+    np.testing.assert_allclose(s, ref_s, atol=1e-4, rtol=1e-4)
+    ref, sel = R.radar_attention(
+        q, dequant(k, F16), dequant(v, F16), mask, s.astype(np.float64), n_seg, seg_len, top_k, 1, 32,
+        R.SCORE_UNION, scale, shared=shared, n_rescore=n_rescore,
+    )  # fmt: skip
+    # q is rounded to f16 for the dot products, and logits reach ~20 here (q_scale 4): 5e-3
+    np.testing.assert_allclose(out, ref, atol=5e-3)
+    for alone in (R.SCORE_MEANVAR, R.SCORE_MINMAX):
+        one, _ = radar_ops(q, k, v, mask, score=alone, n_rescore=n_rescore, **kw)
+        assert np.abs(one - ref).max() > 5e-2, R.SCORE_NAMES[alone]
 
 
 @pytest.mark.parametrize("shared", [False, True])

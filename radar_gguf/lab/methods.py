@@ -1,7 +1,7 @@
 """Selection methods: the rules that pick the segments a decode step attends, replayed in NumPy on captured
 queries and keys (``lab.capture``) so that they can be compared at the same budget (``lab.selection``).
 
-- ``meanvar``, ``mean``, ``minmax``, ``rf``: Radar's scores on summaries recomputed from the keys;
+- ``meanvar``, ``mean``, ``minmax``, ``union``, ``rf``: Radar's scores on summaries recomputed from the keys;
 - ``oracle`` (exact attention mass of the searched cells) and ``oracle-op`` (the library's ORACLE score);
 - ``window`` (sinks + recent window) and ``random`` (exact expectations);
 - adaptive, not in the library: ``mass`` keeps each head's best-ranked segments until their *estimated*
@@ -26,7 +26,8 @@ from .capture import AttnCapture
 from .records import parse_config
 
 METHODS = (
-    "meanvar", "mean", "minmax", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage", "adaptive",
+    "meanvar", "mean", "minmax", "union", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage",
+    "adaptive",
 )  # fmt: skip
 # options of the adaptive methods (not RadarConfig fields): mass target p between a floor and a ceiling of
 # tokens; two-stage: candidates = cand x the budget's segments, rescored exactly from their keys; adaptive:
@@ -143,7 +144,7 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
     name, colon, rest = spec.partition(":")
     if name not in METHODS:
         raise ValueError(f"method {spec!r}: name must be one of {', '.join(METHODS)}")
-    score = name if name in ("meanvar", "mean", "minmax", "rf") else "meanvar"
+    score = name if name in ("meanvar", "mean", "minmax", "union", "rf") else "meanvar"
     if name == "oracle-op":
         score = "oracle"
     options, fields = [], []
@@ -159,7 +160,7 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
     cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
     if name == "adaptive" and cfg.shared_gqa:
         raise ValueError(f"method {spec!r}: adaptive selects per query head (shared_gqa is not replayed)")
-    if name not in ("meanvar", "mean", "minmax", "rf", "adaptive"):
+    if name not in ("meanvar", "mean", "minmax", "union", "rf", "adaptive"):
         # the library's two-stage selection applies to the summary scores; the other methods rank alone
         if any(f.partition("=")[0].strip() == "rescore" for f in fields):
             raise ValueError(f"method {spec!r}: rescore applies to the summary scores only (twostage: cand=)")
@@ -246,8 +247,12 @@ def method_order(
         else:
             omega = cache.omega(k64.shape[2], m.cfg.n_feat, m.cfg.seed)
     s = cache.get(cap.layer, k64, valid, geom.seg_len, geom.n_seg, score, cap.scale, omega)
-    sc = ref.segment_scores(cap.q, s[:nc], score, cap.scale, omega)  # [Hq, nc]
-    order = _order_from_scores(sc, m.cfg.shared_gqa, g)
+    if score == ref.SCORE_UNION:  # the first n_c: half by meanvar, the rest by minmax
+        n_c = geom.n_rescored(m.cfg.rescore) if m.cfg.rescore > 1 else geom.k_sel
+        order = ref.union_ranking(cap.q, s[:nc], cap.scale, m.cfg.shared_gqa, n_c)
+    else:
+        sc = ref.segment_scores(cap.q, s[:nc], score, cap.scale, omega)  # [Hq, nc]
+        order = _order_from_scores(sc, m.cfg.shared_gqa, g)
     if m.kind == "mass":
         return order, mass_target_count(m, cap, sc, order, geom, k64, valid)
     if m.kind == "twostage":

@@ -30,12 +30,15 @@ __all__ = [
     "SCORE_MEANVAR",
     "SCORE_MINMAX",
     "SCORE_ORACLE",
+    "SCORE_UNION",
     "SCORE_NAMES",
     "summary_width",
     "make_omega",
     "alibi_slopes",
     "summarize",
     "segment_scores",
+    "union_ranking",
+    "union_order",
     "radar_attention",
     "dense_attention",
     "seg_len_for",
@@ -47,6 +50,7 @@ SCORE_MEAN = 1  # mean key: scale*q.mu
 SCORE_MEANVAR = 2  # mean + per-channel variance: log-mean-exp of a Gaussian
 SCORE_MINMAX = 3  # per-channel min/max (Quest upper bound)
 SCORE_ORACLE = 4  # exact log attention mass of the segment (reads the keys)
+SCORE_UNION = 5  # candidates: half the best by MEANVAR, the others the best by MINMAX
 
 SCORE_NAMES = {
     SCORE_RF: "rf",
@@ -54,6 +58,7 @@ SCORE_NAMES = {
     SCORE_MEANVAR: "meanvar",
     SCORE_MINMAX: "minmax",
     SCORE_ORACLE: "oracle",
+    SCORE_UNION: "union",
 }
 
 MaskLike = Union[np.ndarray, npt.ArrayLike]
@@ -64,12 +69,15 @@ MaskLike = Union[np.ndarray, npt.ArrayLike]
 
 
 def summary_width(score: int, d: int, n_feat: int = 0) -> int:
-    """Floats per (segment, KV head) summary row: 2D+1 (MEAN/MEANVAR/MINMAX), 2m+1 (RF), 1 (ORACLE).
+    """Floats per (segment, KV head) summary row: 2D+1 (MEAN/MEANVAR/MINMAX), 4D+1 (UNION), 2m+1 (RF), 1
+    (ORACLE).
 
     ``d`` is the key head dim D, ``n_feat`` the number m of random projections (RF only).
     """
     if score in (SCORE_MEAN, SCORE_MEANVAR, SCORE_MINMAX):
         return 2 * d + 1
+    if score == SCORE_UNION:
+        return 4 * d + 1
     if score == SCORE_RF:
         if n_feat <= 0:
             raise ValueError("RF score needs n_feat > 0")
@@ -212,6 +220,7 @@ def summarize(
 
     - MEAN / MEANVAR: ``mu[0:D]``, population ``var[D:2D]``, ``n``
     - MINMAX:         ``min[0:D]``, ``max[D:2D]``, ``n``
+    - UNION:          ``mu[0:D]``, ``var[D:2D]``, ``min[2D:3D]``, ``max[3D:4D]``, ``n``
     - RF:             ``log mean_cells exp(f_j(k*sqrt(scale)))`` for the 2m features, ``n``
     - ORACLE:         ``n``
     """
@@ -240,17 +249,20 @@ def summarize(
     out = np.zeros((n_seg, hkv, w), dtype=np.float64)  # out: [n_seg, Hkv, W]
     out[:, :, -1] = n[:, None]
 
-    if score in (SCORE_MEAN, SCORE_MEANVAR):
+    if score in (SCORE_MEAN, SCORE_MEANVAR, SCORE_UNION):
         mu = np.where(vmask, ks, 0.0).sum(axis=1) / n_safe[:, None, None]  # [n_seg, Hkv, D]
         dev = np.where(vmask, ks - mu[:, None], 0.0)  # [n_seg, L, Hkv, D]
         var = (dev * dev).sum(axis=1) / n_safe[:, None, None]  # [n_seg, Hkv, D]
         out[:, :, :d] = mu
         out[:, :, d : 2 * d] = var
-    elif score == SCORE_MINMAX:
+    if score in (SCORE_MINMAX, SCORE_UNION):
+        o = 2 * d if score == SCORE_UNION else 0
         mn = np.where(vmask, ks, np.inf).min(axis=1)  # [n_seg, Hkv, D]
         mx = np.where(vmask, ks, -np.inf).max(axis=1)  # [n_seg, Hkv, D]
-        out[:, :, :d] = np.where(has[:, None, None], mn, 0.0)
-        out[:, :, d : 2 * d] = np.where(has[:, None, None], mx, 0.0)
+        out[:, :, o : o + d] = np.where(has[:, None, None], mn, 0.0)
+        out[:, :, o + d : o + 2 * d] = np.where(has[:, None, None], mx, 0.0)
+    elif score in (SCORE_MEAN, SCORE_MEANVAR):
+        pass
     elif score == SCORE_RF:
         sq = math.sqrt(scale)
         log_n = np.log(n_safe)  # [n_seg]
@@ -320,6 +332,42 @@ def segment_scores(
     else:
         raise ValueError(f"unknown score mode {score}")
     return np.where(n > 0, sc, -np.inf)
+
+
+def union_parts(summaries: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """UNION summaries ``[n_seg, Hkv, 4D+1]`` as a MEANVAR and a MINMAX summary ``[n_seg, Hkv, 2D+1]`` each."""
+    sm = np.asarray(summaries)
+    n = sm[:, :, -1:]
+    return np.concatenate([sm[:, :, : 2 * d], n], axis=2), np.concatenate(
+        [sm[:, :, 2 * d : 4 * d], n], axis=2
+    )
+
+
+def union_ranking(q: np.ndarray, summaries: np.ndarray, scale: float, shared: bool, n_c: int) -> np.ndarray:
+    """UNION's stage-one ranking ``[Hq, n_cand]`` of the candidates' summaries ``[n_cand, Hkv, 4D+1]``: the
+    MEANVAR and MINMAX scores (each shared over the GQA group with ``shared``) merged by :func:`union_order`."""
+    q = np.asarray(q, dtype=np.float64)
+    g = q.shape[0] // np.asarray(summaries).shape[1]
+    parts = union_parts(summaries, q.shape[1])
+    sc_a, sc_b = (segment_scores(q, p, t, scale) for p, t in zip(parts, (SCORE_MEANVAR, SCORE_MINMAX)))
+    if shared:
+        sc_a, sc_b = _share_scores(sc_a, g), _share_scores(sc_b, g)
+    return union_order(sc_a, sc_b, n_c)
+
+
+def union_order(sc_a: np.ndarray, sc_b: np.ndarray, n_c: int) -> np.ndarray:
+    """UNION's ranking ``[Hq, n_cand]`` of stage one: the ``ceil(n_c / 2)`` best by ``sc_a`` (MEANVAR), then
+    the others by ``sc_b`` (MINMAX), so that the first ``n_c`` are the union of the two scores' picks. Ties
+    go to the lower segment index, as in the kernel."""
+    n_a = min((n_c + 1) // 2, sc_a.shape[1])
+    out = np.empty(sc_a.shape, dtype=np.int64)
+    for h in range(sc_a.shape[0]):
+        first = np.argsort(-sc_a[h], kind="stable")[:n_a]
+        rest = np.ones(sc_a.shape[1], dtype=bool)
+        rest[first] = False
+        others = np.flatnonzero(rest)
+        out[h] = np.concatenate([first, others[np.argsort(-sc_b[h, others], kind="stable")]])
+    return out
 
 
 def _share_scores(sc: np.ndarray, g: int) -> np.ndarray:
@@ -493,16 +541,20 @@ def radar_attention(
     if n_cand <= top_k:
         chosen = [np.arange(n_cand) for _ in range(hq)]
     else:
-        sc = segment_scores(q, summaries[:n_cand], score, scale, omega, logits, L)  # [Hq, n_cand]
-        if shared:
-            sc = _share_scores(sc, g)
-        order = np.argsort(-sc, axis=1, kind="stable")  # [Hq, n_cand]
         n_c = min(n_rescore, n_cand) if n_rescore > top_k else top_k
+        if score == SCORE_UNION:
+            order = union_ranking(q, summaries[:n_cand], scale, shared, n_c)  # [Hq, n_cand]
+        else:
+            sc = segment_scores(q, summaries[:n_cand], score, scale, omega, logits, L)  # [Hq, n_cand]
+            if shared:
+                sc = _share_scores(sc, g)
+            order = np.argsort(-sc, axis=1, kind="stable")  # [Hq, n_cand]
         keep = np.full(hq, max(top_k, 0))  # [Hq] candidates kept per head
         always = np.zeros(n_kv, dtype=bool)  # [n_kv] cells attended whatever the selection
         always[: min(max(n_sink, 0), n_seg * L)] = True
         always[n_cand * L :] = True
         adaptive = rescore_mass > 0 and rescore_max > n_rescore > top_k and not shared and n_cand > n_c
+        adaptive = adaptive and score != SCORE_UNION  # its estimate needs one score
         if adaptive:
             al = _logsumexp(np.where(always[None, :], logits, -np.inf), axis=1)  # [Hq]
             if sinks is not None:

@@ -19,7 +19,7 @@ size_t ggml_radar_summarize_wsize(const ggml_tensor * dst) {
     const int64_t W = dst->src[0]->ne[0];
     const int64_t D = dst->src[1]->ne[0];
     const int64_t m = dst->src[4] ? dst->src[4]->ne[1] : 0;
-    return D + 4*D + 6*m + W + CACHE_LINE_SIZE_F32;
+    return D + 8*D + 6*m + W + CACHE_LINE_SIZE_F32;
 }
 
 // f16 summaries saturate instead of overflowing to inf: a huge variance or bound must still rank
@@ -68,7 +68,9 @@ void ggml_compute_forward_radar_summarize(
     float  * kf   = (float *) params->wdata + ith*ggml_radar_summarize_wsize(dst);
     double * acc0 = (double *) (kf + D);    // [D] sum / min
     double * acc1 = acc0 + D;               // [D] sum of squares / max
-    float  * feat = (float *) (acc1 + D);   // [2m] feature logs of one key
+    double * acc2 = acc1 + D;               // [D] min (UNION)
+    double * acc3 = acc2 + D;               // [D] max (UNION)
+    float  * feat = (float *) (acc3 + D);   // [2m] feature logs of one key
     float  * fmax = feat + 2*m;             // [2m] running max
     float  * fsum = fmax + 2*m;             // [2m] running sum of exp(f - max)
     float  * orow = fsum + 2*m;             // [W] the summary row in f32, before it is stored in s's type
@@ -97,6 +99,8 @@ void ggml_compute_forward_radar_summarize(
         for (int64_t d = 0; d < D; ++d) {
             acc0[d] = (score == GGML_RADAR_SCORE_MINMAX) ?  INFINITY : 0.0;
             acc1[d] = (score == GGML_RADAR_SCORE_MINMAX) ? -INFINITY : 0.0;
+            acc2[d] =  INFINITY;
+            acc3[d] = -INFINITY;
         }
         for (int64_t j = 0; j < 2*m; ++j) {
             fmax[j] = -INFINITY;
@@ -134,6 +138,14 @@ void ggml_compute_forward_radar_summarize(
                         acc1[d] = MAX(acc1[d], (double) kv[d]);
                     }
                     break;
+                case GGML_RADAR_SCORE_UNION:
+                    for (int64_t d = 0; d < D; ++d) {
+                        acc0[d] += kv[d];
+                        acc1[d] += (double) kv[d]*kv[d];
+                        acc2[d] = MIN(acc2[d], (double) kv[d]);
+                        acc3[d] = MAX(acc3[d], (double) kv[d]);
+                    }
+                    break;
                 case GGML_RADAR_SCORE_RF:
                     {
                         float nx2 = 0.0f;
@@ -169,10 +181,17 @@ void ggml_compute_forward_radar_summarize(
         switch (n == 0 ? GGML_RADAR_SCORE_ORACLE : score) {
             case GGML_RADAR_SCORE_MEAN:
             case GGML_RADAR_SCORE_MEANVAR:
+            case GGML_RADAR_SCORE_UNION:
                 for (int64_t d = 0; d < D; ++d) {
                     const double mu = acc0[d]/n;
                     out[d]     = (float) mu;
                     out[D + d] = (float) MAX(acc1[d]/n - mu*mu, 0.0);
+                }
+                if (score == GGML_RADAR_SCORE_UNION) {
+                    for (int64_t d = 0; d < D; ++d) {
+                        out[2*D + d] = (float) acc2[d];
+                        out[3*D + d] = (float) acc3[d];
+                    }
                 }
                 break;
             case GGML_RADAR_SCORE_MINMAX:
@@ -218,7 +237,7 @@ size_t ggml_radar_attn_wsize(const ggml_tensor * dst) {
     const int64_t W     = dst->src[4]->ne[0];
     const int64_t L     = ggml_get_op_params_i32(dst, 1);
     const int64_t n_c   = MIN(radar_n_rescore_cap(dst), n_seg); // rescored candidates
-    return (G + 4)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + L + n_c*L + 2*CACHE_LINE_SIZE_F32 + 16;
+    return (G + 5)*n_seg + 3*DK + 3*DV + 2*G*DK + 2*m + W + L + n_c*L + 2*CACHE_LINE_SIZE_F32 + 16;
 }
 
 // shared by the threads, after their own buffers: the segment scores of every query head
@@ -230,39 +249,51 @@ size_t ggml_radar_attn_wsize_shared(const ggml_tensor * dst) {
     const int64_t L     = ggml_get_op_params_i32(dst, 1);
     const int64_t n_c   = MIN(radar_n_rescore_cap(dst), n_seg); // rescored candidates
     const int64_t sh    = ggml_get_op_params_i32(dst, 5) != 0; // a shared selection
-    // the group scores [ns, n_hq, n_seg] (MEAN, MEANVAR, MINMAX), then the shared selections [ns, n_hkv, n_seg]
-    // as bytes (in floats, rounded up), then the shared two stages' logits of every query head
-    // [ns, n_hq, n_c, L] and their slots [ns, n_hkv, n_seg] (only with a shared selection)
-    return n_hq*ns*n_seg + CACHE_LINE_SIZE_F32 + (n_hkv*ns*n_seg + sizeof(float) - 1)/sizeof(float) +
+    const int64_t parts = ggml_get_op_params_i32(dst, 0) == GGML_RADAR_SCORE_UNION ? 2 : 1;
+    // the group scores [parts, ns, n_hq, n_seg] (MEAN, MEANVAR, MINMAX; UNION: MEANVAR's, then MINMAX's),
+    // then the shared selections [ns, n_hkv, n_seg] as bytes (in floats, rounded up), then the shared two
+    // stages' logits of every query head [ns, n_hq, n_c, L] and their slots [ns, n_hkv, n_seg] (only with a
+    // shared selection)
+    return parts*n_hq*ns*n_seg + CACHE_LINE_SIZE_F32 + (n_hkv*ns*n_seg + sizeof(float) - 1)/sizeof(float) +
            sh*(n_hq*ns*n_c*L + n_hkv*ns*n_seg);
 }
 
+// the MINMAX bound of one query against per-channel minima mn and maxima mx [D]
+static float radar_score_minmax(const float * q, const float * mn, const float * mx, int64_t D, float scale) {
+    constexpr int64_t NL = 8; // partial sums in lanes: vectorizes without reassociation
+    float a[NL] = { 0.0f };
+    for (int64_t d = 0; d < D; ++d) {
+        a[d % NL] += MAX(q[d]*mn[d], q[d]*mx[d]);
+    }
+    return scale*(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+}
+
 // MEAN, MEANVAR, MINMAX scores of one summary row for the G query heads of its KV head: qg, q2g are
-// the heads' queries and their squares [G, D]; the row stays in L1 across the heads
+// the heads' queries and their squares [G, D]; the row stays in L1 across the heads. UNION: MEANVAR's
+// score into out, MINMAX's (from the row's min and max) into out2
 static void radar_score_row_group(
         enum ggml_radar_score score, const float * qg, const float * q2g, const float * row, int64_t D, int64_t G,
-        float scale, float * out, int64_t out_stride) {
+        float scale, float * out, float * out2, int64_t out_stride) {
     for (int64_t g = 0; g < G; ++g) {
         const float * q = qg + g*D;
         float r;
         if (score == GGML_RADAR_SCORE_MINMAX) {
-            constexpr int64_t NL = 8; // partial sums in lanes: vectorizes without reassociation
-            float a[NL] = { 0.0f };
-            for (int64_t d = 0; d < D; ++d) {
-                a[d % NL] += MAX(q[d]*row[d], q[d]*row[D + d]);
-            }
-            r = scale*(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
+            r = radar_score_minmax(q, row, row + D, D, scale);
         } else {
             float a = 0.0f;
             ggml_vec_dot_f32(D, &a, 0, q, 0, row, 0, 1);
             r = scale*a;
-            if (score == GGML_RADAR_SCORE_MEANVAR) {
+            if (score == GGML_RADAR_SCORE_MEANVAR || score == GGML_RADAR_SCORE_UNION) {
                 float b = 0.0f;
                 ggml_vec_dot_f32(D, &b, 0, q2g + g*D, 0, row + D, 0, 1);
                 r += 0.5f*scale*scale*b;
             }
         }
         out[g*out_stride] = std::isnan(r) ? -INFINITY : r;
+        if (score == GGML_RADAR_SCORE_UNION) {
+            const float r2 = radar_score_minmax(q, row + 2*D, row + 3*D, D, scale);
+            out2[g*out_stride] = std::isnan(r2) ? -INFINITY : r2;
+        }
     }
 }
 
@@ -305,7 +336,8 @@ void ggml_compute_forward_radar_attn(
     const float   mass      = ggml_get_op_params_f32(dst, 10);
     const int64_t n_resc_hi = radar_n_rescore_cap(dst);        // adaptive: the ceiling of the candidates
     const float   p_resc    = ggml_get_op_params_f32(dst, 12); // adaptive: their estimated share
-    const bool    adaptive  = p_resc > 0.0f && n_resc_hi > n_rescore && n_rescore > top_k && !shared;
+    const bool    adaptive  = p_resc > 0.0f && n_resc_hi > n_rescore && n_rescore > top_k && !shared &&
+                              score != GGML_RADAR_SCORE_UNION; // its estimate needs one score
 
     GGML_TENSOR_LOCALS(int64_t, neq, q,   ne)
     GGML_TENSOR_LOCALS(size_t,  nbq, q,   nb)
@@ -352,7 +384,8 @@ void ggml_compute_forward_radar_attn(
     float * wbase  = (float *) params->wdata + ith*ggml_radar_attn_wsize(dst);
     float * scores = wbase;                          // [G, n_seg_cap] per-head scores
     float * shs    = scores + G*n_seg_cap;           // [n_seg_cap] score used for selection
-    int32_t * idx  = (int32_t *) (shs + n_seg_cap);  // [n_seg_cap] candidate order
+    float * shs2   = shs + n_seg_cap;                // [n_seg_cap] UNION: MINMAX's score used for selection
+    int32_t * idx  = (int32_t *) (shs2 + n_seg_cap); // [n_seg_cap] candidate order
     char  * keep   = (char *) (idx + n_seg_cap);     // [n_seg_cap] kept segments
     float * VKQ32  = (float *) (keep + GGML_PAD(n_seg_cap, 64)); // [DV]
     float * V32    = VKQ32 + DV;                     // [DV]
@@ -365,11 +398,14 @@ void ggml_compute_forward_radar_attn(
     float * clog   = lseg + L;                       // [n_rescore, L] the head's logits of its rescored candidates
     int32_t * cpos = (int32_t *) (clog + MIN(n_resc_hi, n_seg_cap)*L); // [n_seg_cap] 1 + slot in clog, 0: none
 
-    // MEAN, MEANVAR, MINMAX: scores of all query heads, computed per KV group before the selection,
-    // so that each summary row is read once per group (not once per query head); [ns, n_hq, n_seg_cap]
+    // MEAN, MEANVAR, MINMAX, UNION: scores of all query heads, computed per KV group before the selection,
+    // so that each summary row is read once per group (not once per query head); [parts, ns, n_hq, n_seg_cap]
+    // (UNION: MEANVAR's scores, then MINMAX's)
     float * gscores = (float *) params->wdata + nth*ggml_radar_attn_wsize(dst);
-    const bool group_score = score == GGML_RADAR_SCORE_MEAN || score == GGML_RADAR_SCORE_MEANVAR ||
-                             score == GGML_RADAR_SCORE_MINMAX;
+    const bool    group_score = score == GGML_RADAR_SCORE_MEAN || score == GGML_RADAR_SCORE_MEANVAR ||
+                                score == GGML_RADAR_SCORE_MINMAX || score == GGML_RADAR_SCORE_UNION;
+    const bool    two_scores  = score == GGML_RADAR_SCORE_UNION;
+    const int64_t n_gscores   = n_hq*neq3*n_seg_cap; // one part
 
     // logit of query row Q_q (converted) against cell c of kv head hk; -INF when masked
     auto logit = [&](const char * mp, float slope, int64_t c, int64_t hk, int64_t st) -> float {
@@ -443,11 +479,11 @@ void ggml_compute_forward_radar_attn(
         return (const float *) sp;
     };
 
-    // scores of segments [0, n_cand) for query head h into out
-    auto score_head = [&](int64_t h, int64_t st, int64_t n_cand, const char * mp, float * out) {
+    // scores of segments [0, n_cand) for query head h into out (UNION: part 0 MEANVAR's, 1 MINMAX's)
+    auto score_head = [&](int64_t h, int64_t st, int64_t n_cand, const char * mp, float * out, int part = 0) {
         const int64_t hk = h/G;
         if (group_score) {
-            memcpy(out, gscores + (st*n_hq + h)*n_seg_cap, n_cand*sizeof(float));
+            memcpy(out, gscores + part*n_gscores + (st*n_hq + h)*n_seg_cap, n_cand*sizeof(float));
             return;
         }
         const float * qf = (const float *) ((const char *) q->data + h*nbq2 + st*nbq3);
@@ -507,16 +543,20 @@ void ggml_compute_forward_radar_attn(
                     q2g[g*DK + d] = qf[d]*qf[d];
                 }
             }
-            float * out = gscores + (st*n_hq + hk*G)*n_seg_cap;
+            float * out  = gscores + (st*n_hq + hk*G)*n_seg_cap;
+            float * out2 = two_scores ? out + n_gscores : nullptr;
             for (int64_t sg = sg0; sg < sg1; ++sg) {
                 const float * row = summary_row(hk, sg, st);
                 if (!(row[W - 1] > 0.0f)) {
                     for (int64_t g = 0; g < G; ++g) {
                         out[g*n_seg_cap + sg] = -INFINITY;
+                        if (out2) {
+                            out2[g*n_seg_cap + sg] = -INFINITY;
+                        }
                     }
                     continue;
                 }
-                radar_score_row_group(score, qg, q2g, row, DK, G, scale, out + sg, n_seg_cap);
+                radar_score_row_group(score, qg, q2g, row, DK, G, scale, out + sg, out2 ? out2 + sg : nullptr, n_seg_cap);
             }
         }
         ggml_barrier(params->threadpool);
@@ -531,33 +571,42 @@ void ggml_compute_forward_radar_attn(
         const int64_t hk = h/G;
         memset(keep, 1, n_seg);
         memset(pos, 0, n_seg*sizeof(int32_t));
+        // the group's summed attention share: logsumexp_h (score_h - lse_h), of score part `part` into out
+        auto group_share = [&](int part, float * out) {
+            for (int64_t sg = 0; sg < n_cand; ++sg) {
+                out[sg] = -INFINITY;
+            }
+            for (int64_t g = 0; g < G; ++g) {
+                float * sc = scores + g*n_seg_cap;
+                score_head(hk*G + g, st, n_cand, mp, sc, part);
+                float mx = -INFINITY;
+                for (int64_t sg = 0; sg < n_cand; ++sg) {
+                    mx = MAX(mx, sc[sg]);
+                }
+                if (mx == -INFINITY) {
+                    continue;
+                }
+                float sum = 0.0f;
+                for (int64_t sg = 0; sg < n_cand; ++sg) {
+                    sum += expf(sc[sg] - mx);
+                }
+                const float lse = mx + logf(sum);
+                for (int64_t sg = 0; sg < n_cand; ++sg) {
+                    out[sg] = log_add(out[sg], sc[sg] - lse);
+                }
+            }
+        };
         if (n_cand > top_k) {
             if (shared) {
-                // summed attention share of the group: logsumexp_h (score_h - lse_h)
-                for (int64_t sg = 0; sg < n_cand; ++sg) {
-                    shs[sg] = -INFINITY;
-                }
-                for (int64_t g = 0; g < G; ++g) {
-                    float * sc = scores + g*n_seg_cap;
-                    score_head(hk*G + g, st, n_cand, mp, sc);
-                    float mx = -INFINITY;
-                    for (int64_t sg = 0; sg < n_cand; ++sg) {
-                        mx = MAX(mx, sc[sg]);
-                    }
-                    if (mx == -INFINITY) {
-                        continue;
-                    }
-                    float sum = 0.0f;
-                    for (int64_t sg = 0; sg < n_cand; ++sg) {
-                        sum += expf(sc[sg] - mx);
-                    }
-                    const float lse = mx + logf(sum);
-                    for (int64_t sg = 0; sg < n_cand; ++sg) {
-                        shs[sg] = log_add(shs[sg], sc[sg] - lse);
-                    }
+                group_share(0, shs);
+                if (two_scores) {
+                    group_share(1, shs2);
                 }
             } else {
                 score_head(h, st, n_cand, mp, shs);
+                if (two_scores) {
+                    score_head(h, st, n_cand, mp, shs2, 1);
+                }
             }
             for (int64_t sg = 0; sg < n_cand; ++sg) {
                 idx[sg] = (int32_t) sg;
@@ -604,6 +653,14 @@ void ggml_compute_forward_radar_attn(
                     }
                     n_c = MAX(n_c, need);
                 }
+            } else if (two_scores) {
+                // UNION: the best half by MEANVAR, then the best of the others by MINMAX
+                const int64_t n_a = (n_c + 1)/2;
+                auto better2 = [&](int32_t a, int32_t b) {
+                    return shs2[a] > shs2[b] || (shs2[a] == shs2[b] && a < b);
+                };
+                std::nth_element(idx, idx + n_a, idx + n_cand, better);
+                std::nth_element(idx + n_a, idx + n_c, idx + n_cand, better2);
             } else {
                 std::nth_element(idx, idx + n_c, idx + n_cand, better);
             }
@@ -681,7 +738,7 @@ void ggml_compute_forward_radar_attn(
 
     // shared: a group's selection is made once, by one thread per (KV head, stream), not once per query head
     // (G times the stage-two reads), and each query head attends it below
-    char * gkeep = (char *) (gscores + n_hq*neq3*n_seg_cap + CACHE_LINE_SIZE_F32); // [ns, n_hkv, n_seg_cap]
+    char * gkeep = (char *) (gscores + (two_scores ? 2 : 1)*n_gscores + CACHE_LINE_SIZE_F32); // [ns, n_hkv, n_seg_cap]
     // and its two stages' logits of every query head [ns, n_hkv, G, n_c_cap, L], their slots [ns, n_hkv, n_seg_cap]
     float   * gclog = (float *) gkeep + (n_hkv*neq3*n_seg_cap + sizeof(float) - 1)/sizeof(float);
     int32_t * gcpos = (int32_t *) (gclog + n_hq*neq3*n_c_cap*L);

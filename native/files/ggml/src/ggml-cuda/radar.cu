@@ -47,7 +47,7 @@ bool ggml_cuda_radar_supported(const ggml_tensor * op) {
             const ggml_tensor * ids   = op->src[3];
             const ggml_tensor * omega = op->src[4];
             const int score = ggml_get_op_params_i32(op, 0);
-            return score >= 0 && score < GGML_RADAR_SCORE_COUNT &&
+            return score >= 0 && score < GGML_RADAR_SCORE_COUNT && score != GGML_RADAR_SCORE_UNION && // UNION: CPU only
                 (s->type == GGML_TYPE_F32 || s->type == GGML_TYPE_F16) && ggml_is_contiguous(s) &&
                 radar_kv_type_supported(k->type) && radar_head_size_supported(k->ne[0]) && radar_strides_supported(k) &&
                 (mask->type == GGML_TYPE_F16 || mask->type == GGML_TYPE_F32) && mask->nb[0] == ggml_type_size(mask->type) &&
@@ -64,7 +64,7 @@ bool ggml_cuda_radar_supported(const ggml_tensor * op) {
             const ggml_tensor * omega = op->src[6];
             const ggml_tensor * sinks = op->src[7];
             const int score = ggml_get_op_params_i32(op, 0);
-            return score >= 0 && score < GGML_RADAR_SCORE_COUNT &&
+            return score >= 0 && score < GGML_RADAR_SCORE_COUNT && score != GGML_RADAR_SCORE_UNION && // UNION: CPU only
                 q->type == GGML_TYPE_F32 && q->nb[0] == sizeof(float) &&
                 radar_kv_type_supported(k->type) && radar_kv_type_supported(v->type) &&
                 radar_head_size_supported(k->ne[0]) && v->ne[0] == k->ne[0] &&

@@ -4,6 +4,9 @@ This module implements, for one KV-cache stream and one decode token, exactly th
 ``docs/radar-ops.md``. It is the ground truth that the CPU and CUDA kernels are compared against, so it
 favours clarity over speed: everything is computed in float64 and returned as float32.
 
+Why by hand: no library has Radar's ops, and a reference must not share code with the kernels it checks;
+so the formulas of the contract are written here directly, one function per step.
+
 Layouts used here (NumPy, row-major, "natural" order rather than ggml's reversed ne[]):
 
 - ``q``:         ``[Hq, D]``          one query token

@@ -264,9 +264,7 @@ def summarize(
         mx = np.where(vmask, ks, -np.inf).max(axis=1)  # [n_seg, Hkv, D]
         out[:, :, o : o + d] = np.where(has[:, None, None], mn, 0.0)
         out[:, :, o + d : o + 2 * d] = np.where(has[:, None, None], mx, 0.0)
-    elif score in (SCORE_MEAN, SCORE_MEANVAR):
-        pass
-    elif score == SCORE_RF:
+    if score == SCORE_RF:
         sq = math.sqrt(scale)
         log_n = np.log(n_safe)  # [n_seg]
         # chunk over segments to bound memory: features are [chunk, L, Hkv, 2m] f64
@@ -278,11 +276,7 @@ def summarize(
             f = np.where(vs[s0:s1, :, None, None], f, -np.inf)
             lme = _logsumexp(f, axis=1) - log_n[s0:s1, None, None]  # [c, Hkv, 2m]
             out[s0:s1, :, :-1] = np.where(has[s0:s1, None, None], lme, 0.0)
-    elif score == SCORE_ORACLE:
-        pass  # only n
-    else:
-        raise ValueError(f"unknown score mode {score}")
-    return out.astype(np.float32)
+    return out.astype(np.float32)  # ORACLE: only n (summary_width above refuses an unknown score)
 
 
 # ----------------------------------------------------------------------------------------------------

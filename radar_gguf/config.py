@@ -35,7 +35,7 @@ class RadarConfig:
             ``"minmax"`` (Quest-style bound), ``"rf"`` (the paper's random features, log domain),
             ``"oracle"`` (exact attention mass; evaluation only, reads every key), ``"union"`` (stage
             one takes half its candidates by ``meanvar`` and the rest by ``minmax``: summaries of both,
-            twice the bytes; CPU only: a KV cache on CUDA or Metal refuses it; docs/quality.md).
+            twice the bytes; CPU, CUDA and Metal; docs/quality.md).
         n_feat: random features m for ``score="rf"`` (2m features per key; the paper uses 16*head_dim).
         top_k: segments selected per decode step; 0 means ``token_budget // segment_length``.
         token_budget: tokens selected per step when ``top_k`` is 0.

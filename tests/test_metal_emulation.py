@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METAL_DIR = ROOT / "native/files/ggml/src/ggml-metal"
 KERNEL_SRC = METAL_DIR / "kernels/radar.metal"
 EMU_DIR = ROOT / "tests/metal"
-SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE]
+SCORES = [R.SCORE_RF, R.SCORE_MEAN, R.SCORE_MEANVAR, R.SCORE_MINMAX, R.SCORE_ORACLE, R.SCORE_UNION]
 
 _p = ctypes.c_void_p
 _i64p = ctypes.POINTER(ctypes.c_int64)
@@ -471,6 +471,22 @@ def test_rescore_matches_cpu(emu, shared, kv_type):
 
 
 @pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("n_rescore", [0, 24])
+def test_union_matches_cpu(emu, shared, n_rescore):
+    """UNION: stage one takes half its picks by MEANVAR and the rest, of the others, by the min/max bound (24
+    candidates for stage two, or the 6 kept with one stage); the output is the CPU op's and differs from
+    what either score alone selects (a kernel that took every pick from one score would fail)."""
+    d = 64
+    q, k, v, mask, used = make_case(65, d, 4, q_scale=4.0)
+    kw = dict(seg_len=16, top_k=6, n_sink=1, n_recent=32, scale=d**-0.5, n_seg=used // 16)
+    cpu, out, _ = run_both(emu, q, k, v, mask, score=R.SCORE_UNION, shared=shared, n_rescore=n_rescore, **kw)
+    np.testing.assert_allclose(out, cpu, atol=ATTN_TOL)
+    for alone in (R.SCORE_MEANVAR, R.SCORE_MINMAX):
+        one, _ = radar_ops(q, k, v, mask, score=alone, shared=shared, n_rescore=n_rescore, **kw)
+        assert np.abs(one - cpu).max() > 10 * ATTN_TOL, R.SCORE_NAMES[alone]
+
+
+@pytest.mark.parametrize("shared", [False, True])
 def test_rescore_excludes_the_sinks(emu, shared):
     """Stage two scores a candidate by its cells past the sinks: keys every head asks for, planted in the sinks
     (n_sink 12 of segment 0's 16 cells), must not win segment 0 a place (its sink cells are attended anyway)."""
@@ -682,6 +698,8 @@ MUTANTS = {
     "ties": ("rank += vj > vi || (vj == vi && ij < ii);", "rank += vj > vi || (vj == vi && ij > ii);"),
     # a kept segment's cells read from the next segment
     "cells": ("c = kl[1 + j/L]*L + j%L;", "c = (kl[1 + j/L] + 1)*L + j%L;"),
+    # UNION: the bound's picks may repeat MEANVAR's
+    "union": ("val_b[i] = -FLT_MAX;", "val_b[i] = val_b[i];"),
 }
 
 
@@ -698,4 +716,7 @@ def test_a_broken_kernel_is_caught(tmp_path, mutant):
     broken.write_text(src.replace(old, new))
     lib = build_harness(tmp_path / "radar_emu_broken.so", broken)
     with pytest.raises(AssertionError):
-        test_ties_go_to_the_lower_segment(lib, shared=False, n_rescore=0)
+        if mutant == "union":
+            test_union_matches_cpu(lib, shared=False, n_rescore=24)
+        else:
+            test_ties_go_to_the_lower_segment(lib, shared=False, n_rescore=0)

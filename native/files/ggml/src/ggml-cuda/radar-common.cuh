@@ -47,8 +47,10 @@ struct radar_attn_params {
     const float * sinks;     // [n_hq] or NULL
 
     float  * lq;             // [2m, n_hq, ns] log features of the queries (RF)
-    float  * scores;         // [n_seg_cap, n_hq, ns] segment scores per query head
-    float  * comb;           // [n_seg_cap, n_hkv, ns] group scores (shared selection)
+    float  * scores;         // [n_seg_cap, n_hq, ns] segment scores per query head (UNION: MEANVAR's)
+    float  * scores_b;       // [n_seg_cap, n_hq, ns] UNION: MINMAX's segment scores; else NULL
+    float  * comb;           // [n_seg_cap, n_hkv, ns] group scores (shared selection; UNION: MEANVAR's)
+    float  * comb_b;         // [n_seg_cap, n_hkv, ns] UNION: MINMAX's group scores (shared selection); else NULL
     int    * sel;            // [1 + n_seg_cap, n_sel_items, ns] number of kept segments, then their ids
     int    * cand;           // [1 + n_rescore, n_sel_items, ns] rescore: number of candidates of stage 1, then their ids
     float  * exact;          // [n_rescore, n_hq, ns] rescore: exact score of each candidate of stage 1 per query head

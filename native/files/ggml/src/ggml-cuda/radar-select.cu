@@ -1,14 +1,16 @@
 // Radar sparse decode attention, steps 1-3 of GGML_OP_RADAR_ATTN (one decode query per stream), launched
 // only when a stream can have more than top_k candidate segments:
 //   1. radar_rf_query:          (RF) log features of the queries
-//   2. radar_score_summary_gqa: (MEAN, MEANVAR, MINMAX) score of each candidate segment for every query head
-//                               of its KV head; radar_score_rf: (RF) the same per query head
+//   2. radar_score_summary_gqa: (MEAN, MEANVAR, MINMAX, UNION) score of each candidate segment for every
+//                               query head of its KV head (UNION: two, MEANVAR's and MINMAX's);
+//                               radar_score_rf: (RF) the same per query head
 //      radar_score_oracle:      (ORACLE) log-sum-exp of the exact logits of each candidate segment
 //   3. radar_select:            top-k per query head, or per KV head with shared selection: the threshold
 //                               by histogram passes (radar_top_k_threshold), then an ordered compaction;
 //                               ties to the lower segment index; writes the kept segments (candidates, then
-//                               the recent ones) as an ascending list. With per-head selection and a small top_k
-//                               this step runs inside radar_attn_kernel instead (radar-attn.cu)
+//                               the recent ones) as an ascending list. UNION: the best half by MEANVAR's
+//                               scores, then the best others by MINMAX's. With per-head selection and a small
+//                               top_k this step runs inside radar_attn_kernel instead (radar-attn.cu; not UNION)
 //      with p.n_rescore (two-stage selection), instead:
 //      radar_select:            the n_rescore best candidates by score, as above, into p.cand
 //      radar_rescore:           exact score of each of them per query head: log-sum-exp of the logits of
@@ -114,7 +116,8 @@ static __global__ void radar_score_rf(const radar_attn_params p) {
 
 // MEAN, MEANVAR, MINMAX scores of one KV head's segments for all of its query heads, one segment per warp:
 // each summary row is read once per group instead of once per query head, and the grid is gqa times
-// smaller. Also zeroes the block counters of the combine in radar_attn_kernel.
+// smaller. UNION: MEANVAR's score into p.scores and MINMAX's into p.scores_b, from one read of the row.
+// Also zeroes the block counters of the combine in radar_attn_kernel.
 template <int D, typename Ts>
 __launch_bounds__(RADAR_SCORE_NTHREADS)
 static __global__ void radar_score_summary_gqa(const radar_attn_params p) {
@@ -139,13 +142,18 @@ static __global__ void radar_score_summary_gqa(const radar_attn_params p) {
     }
 
     const Ts * row = (const Ts *) (p.s + hk*p.nbs1 + sg*p.nbs2 + st*p.nbs3);
-    const bool two = p.score != GGML_RADAR_SCORE_MEAN; // MEANVAR: mean, var; MINMAX: min, max
+    const bool two  = p.score != GGML_RADAR_SCORE_MEAN;  // MEANVAR: mean, var; MINMAX: min, max
+    const bool both = p.score == GGML_RADAR_SCORE_UNION; // mean, var, then min, max
     float r0[nq];
     float r1[nq];
+    float r2[nq];
+    float r3[nq];
 #pragma unroll
     for (int i = 0; i < nq; ++i) {
         r0[i] = radar_s_load(row, i*WARP_SIZE + lane);
-        r1[i] = two ? radar_s_load(row, D + i*WARP_SIZE + lane) : 0.0f;
+        r1[i] = two  ? radar_s_load(row,   D + i*WARP_SIZE + lane) : 0.0f;
+        r2[i] = both ? radar_s_load(row, 2*D + i*WARP_SIZE + lane) : 0.0f;
+        r3[i] = both ? radar_s_load(row, 3*D + i*WARP_SIZE + lane) : 0.0f;
     }
     const bool empty = !(radar_s_load(row, p.W - 1) > 0.0f);
 
@@ -155,6 +163,7 @@ static __global__ void radar_score_summary_gqa(const radar_attn_params p) {
 
         float a = 0.0f;
         float v = 0.0f;
+        float b = 0.0f; // UNION: MINMAX's bound
 #pragma unroll
         for (int i = 0; i < nq; ++i) {
             const float qi = qf[i*WARP_SIZE + lane];
@@ -163,18 +172,31 @@ static __global__ void radar_score_summary_gqa(const radar_attn_params p) {
             } else {
                 a += qi*r0[i];
                 v += qi*qi*r1[i];
+                if (both) {
+                    b += fmaxf(qi*r2[i], qi*r3[i]);
+                }
             }
         }
         a = warp_reduce_sum(a);
         float r = p.scale*a;
-        if (p.score == GGML_RADAR_SCORE_MEANVAR) {
+        if (p.score == GGML_RADAR_SCORE_MEANVAR || both) {
             r += 0.5f*p.scale*p.scale*warp_reduce_sum(v);
         }
         if (empty || isnan(r)) {
             r = -INFINITY; // empty segment
         }
+        const int64_t o = ((int64_t) st*p.n_hq + h)*p.n_seg_cap + sg;
         if (lane == 0) {
-            p.scores[((int64_t) st*p.n_hq + h)*p.n_seg_cap + sg] = r;
+            p.scores[o] = r;
+        }
+        if (both) {
+            float rb = p.scale*warp_reduce_sum(b);
+            if (empty || isnan(rb)) {
+                rb = -INFINITY;
+            }
+            if (lane == 0) {
+                p.scores_b[o] = rb;
+            }
         }
     }
 }
@@ -548,12 +570,48 @@ static __device__ __forceinline__ T radar_block_scan(const T x, T * red, T & tot
     return before + incl;
 }
 
+// shared selection: sc[i] = the summed attention share of input i < n_in over the query heads of KV head hk,
+// logsumexp_h (score_h[i] - lse_h), where score_h is the row of head h in scores [ld_scores, n_hq, ns].
+// Thread tid writes the inputs i = tid (mod nthreads), as radar_scores_to_keys reads them
+template <int nthreads>
+static __device__ void radar_group_share(const radar_attn_params & p, const float * scores, const int ld_scores,
+        const int hk, const int st, const int n_in, float * sc, float * red_f) {
+    const int tid = threadIdx.x;
+    for (int i = tid; i < n_in; i += nthreads) {
+        sc[i] = -INFINITY;
+    }
+    for (int g = 0; g < p.gqa; ++g) {
+        const float * sh = scores + ((int64_t) st*p.n_hq + hk*p.gqa + g)*ld_scores;
+        float mx = -INFINITY;
+        for (int i = tid; i < n_in; i += nthreads) {
+            mx = fmaxf(mx, sh[i]);
+        }
+        mx = radar_block_max(mx, red_f);
+        if (mx == -INFINITY) {
+            continue;
+        }
+        float sum = 0.0f;
+        for (int i = tid; i < n_in; i += nthreads) {
+            sum += expf(sh[i] - mx);
+        }
+        const float lse = mx + logf(radar_block_sum(sum, red_f));
+        for (int i = tid; i < n_in; i += nthreads) {
+            const float a  = sh[i] - lse;
+            const float b  = sc[i];
+            const float hi = fmaxf(a, b);
+            sc[i] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(fminf(a, b) - hi));
+        }
+    }
+}
+
 // top-k of the inputs by (score desc, input asc), as the CPU's nth_element; one block per selection. The
 // inputs are the candidate segments [0, n_cand), or with cand (stage 2 of the rescore) the first
 // min(n_rescore, n_cand) segments of each list of cand, ascending: ties still go to the lower segment.
 //   scores: [ld_scores, n_hq, ns] score of each input per query head
 //   out:    [ld_out, n_sel_items, ns] number of kept segments, then their ids ascending; with recent, then
 //           the recent segments too
+// UNION, without cand (stage one): the best (top_k + 1)/2 by MEANVAR's scores (scores), then the best of the
+// others by MINMAX's (p.scores_b), as the CPU kernel.
 // The keys live in dynamic shared memory when n_seg_cap of them fit (p.select_smem), else in place of the scores.
 __launch_bounds__(RADAR_SELECT_NTHREADS)
 static __global__ void radar_select(const radar_attn_params p, float * scores, const int ld_scores,
@@ -591,37 +649,21 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
         cand += ((int64_t) st*n_items + item)*(p.n_rescore + 1) + 1;
     }
 
+    const bool two_scores = !cand && p.score == GGML_RADAR_SCORE_UNION; // UNION's stage one
     float * sc;
+    float * sc_b = nullptr; // UNION: MINMAX's
     if (p.shared) {
-        // summed attention share of the group: logsumexp_h (score_h - lse_h)
         sc = p.comb + ((int64_t) st*p.n_hkv + item)*p.n_seg_cap;
-        for (int i = tid; i < n_in; i += nthreads) {
-            sc[i] = -INFINITY;
-        }
-        for (int g = 0; g < p.gqa; ++g) {
-            const float * sh = scores + ((int64_t) st*p.n_hq + item*p.gqa + g)*ld_scores;
-            float mx = -INFINITY;
-            for (int i = tid; i < n_in; i += nthreads) {
-                mx = fmaxf(mx, sh[i]);
-            }
-            mx = radar_block_max(mx, red_f);
-            if (mx == -INFINITY) {
-                continue;
-            }
-            float sum = 0.0f;
-            for (int i = tid; i < n_in; i += nthreads) {
-                sum += expf(sh[i] - mx);
-            }
-            const float lse = mx + logf(radar_block_sum(sum, red_f));
-            for (int i = tid; i < n_in; i += nthreads) {
-                const float a  = sh[i] - lse;
-                const float b  = sc[i];
-                const float hi = fmaxf(a, b);
-                sc[i] = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(fminf(a, b) - hi));
-            }
+        radar_group_share<nthreads>(p, scores, ld_scores, item, st, n_in, sc, red_f);
+        if (two_scores) {
+            sc_b = p.comb_b + ((int64_t) st*p.n_hkv + item)*p.n_seg_cap;
+            radar_group_share<nthreads>(p, p.scores_b, ld_scores, item, st, n_in, sc_b, red_f);
         }
     } else {
         sc = scores + ((int64_t) st*p.n_hq + item)*ld_scores;
+        if (two_scores) {
+            sc_b = p.scores_b + ((int64_t) st*p.n_hq + item)*ld_scores;
+        }
     }
 
     // each thread converts the scores it wrote (shared) or nobody else reads (own head): in place is safe.
@@ -631,35 +673,62 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
     __syncthreads();
 
     if (top_k > 0) {
-        // kept: key > T, and the first kk with key == T (all of them with all_eq)
-        const radar_top_k_thr thr    = radar_top_k_threshold<nthreads>(keys, n_in, top_k);
-        const uint32_t        prefix = thr.lo;
-        const int             kk     = thr.all_eq ? INT_MAX : thr.kk;
-
         // written in ascending segment order, each thread taking a contiguous range of candidates
         const int per   = (n_in + nthreads - 1)/nthreads;
         const int i_beg = min(tid*per, n_in);
         const int i_end = min(i_beg + per, n_in);
+        int total;
+
+        int k_rest = top_k; // kept by the threshold below
+        if (two_scores) {
+            // UNION: the best k_a by MEANVAR get key 0, below the key of any score (even -inf), so they are
+            // kept and the second threshold passes over them; the others get their MINMAX key. The thread's
+            // own range only, after every thread is past the threshold (the syncs of the scan)
+            const int k_a = (top_k + 1)/2;
+            k_rest = top_k - k_a;
+            const radar_top_k_thr thr = radar_top_k_threshold<nthreads>(keys, n_in, k_a);
+            const int kk = thr.all_eq ? INT_MAX : thr.kk;
+            int n_eq = 0;
+            for (int i = i_beg; i < i_end; ++i) {
+                n_eq += keys[i] == thr.lo;
+            }
+            int r_eq = radar_block_scan(n_eq, red_i, total) - n_eq;
+            for (int i = i_beg; i < i_end; ++i) {
+                const uint32_t u = keys[i];
+                keys[i] = u > thr.lo || (u == thr.lo && r_eq++ < kk) ? 0u : radar_key(sc_b[i]);
+            }
+            __syncthreads();
+        }
+
+        // kept: key > T, and the first kk with key == T (all of them with all_eq); UNION: also key 0. With
+        // nothing left to keep, T is above every key (the largest key, +inf's, is 0xFF800000)
+        uint32_t prefix = 0xFFFFFFFFu;
+        int      kk     = 0;
+        if (k_rest > 0) {
+            // UNION: more than k_rest keys are not 0 (n_in > top_k), so T is above 0
+            const radar_top_k_thr thr = radar_top_k_threshold<nthreads>(keys, n_in, k_rest);
+            prefix = thr.lo;
+            kk     = thr.all_eq ? INT_MAX : thr.kk;
+        }
 
         int n_eq = 0;
         for (int i = i_beg; i < i_end; ++i) {
             n_eq += keys[i] == prefix;
         }
-        int total;
         const int eq_before = radar_block_scan(n_eq, red_i, total) - n_eq;
 
         int n_keep = 0;
         int r_eq   = eq_before;
         for (int i = i_beg; i < i_end; ++i) {
             const uint32_t u = keys[i];
-            n_keep += u > prefix || (u == prefix && r_eq++ < kk);
+            n_keep += (two_scores && u == 0u) || u > prefix || (u == prefix && r_eq++ < kk);
         }
         int pos = radar_block_scan(n_keep, red_i, total) - n_keep;
 
         r_eq = eq_before;
         for (int i = i_beg; i < i_end; ++i) {
             const uint32_t u = keys[i];
-            if (u > prefix || (u == prefix && r_eq++ < kk)) {
+            if ((two_scores && u == 0u) || u > prefix || (u == prefix && r_eq++ < kk)) {
                 out[1 + pos++] = i;
             }
         }

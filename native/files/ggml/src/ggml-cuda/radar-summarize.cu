@@ -1,6 +1,6 @@
 // Radar sparse decode attention, GGML_OP_RADAR_SUMMARIZE: one block per (listed segment, KV head, stream)
-//   radar_summarize_stats: MEAN, MEANVAR, MINMAX (and the cell count of ORACLE); threads over the channels
-//                          times groups of cells, sums in double like the CPU
+//   radar_summarize_stats: MEAN, MEANVAR, MINMAX, UNION (and the cell count of ORACLE); threads over the
+//                          channels times groups of cells, sums in double like the CPU
 //   radar_summarize_rf:    RF; threads over the random features, tiles of keys in shared memory, a running
 //                          log-sum-exp per feature
 #include "radar-common.cuh"
@@ -21,7 +21,8 @@ static __device__ __forceinline__ float radar_k_value(const char * row, const in
     }
 }
 
-// MEAN, MEANVAR, MINMAX, ORACLE: thread (cell group cg, channel d), D divides the block size
+// MEAN, MEANVAR, MINMAX, UNION, ORACLE: thread (cell group cg, channel d), D divides the block size.
+// UNION writes MEANVAR's mean and variance, then MINMAX's min and max
 template <ggml_type type_K, typename Ts>
 __launch_bounds__(RADAR_SUM_NTHREADS)
 static __global__ void radar_summarize_stats(const radar_summarize_params p) {
@@ -43,6 +44,7 @@ static __global__ void radar_summarize_stats(const radar_summarize_params p) {
     const int cg  = tid / D;
 
     const bool minmax = p.score == GGML_RADAR_SCORE_MINMAX;
+    const bool both   = p.score == GGML_RADAR_SCORE_UNION; // sums in a0, a1 and the bounds in a2, a3
     const bool count  = p.score == GGML_RADAR_SCORE_ORACLE;
 
     const char *  mrow = p.mask + p.nbm_row + st*p.nbm3;
@@ -51,6 +53,8 @@ static __global__ void radar_summarize_stats(const radar_summarize_params p) {
 
     double a0 = minmax ?  INFINITY : 0.0; // sum / min
     double a1 = minmax ? -INFINITY : 0.0; // sum of squares / max
+    double a2 =  INFINITY;                // UNION: min
+    double a3 = -INFINITY;                // UNION: max
     int    n  = 0;
     for (int64_t c = c0 + cg; c < c1; c += ncg) {
         if (radar_mask_value(mrow, c, p.mask_f16) == -INFINITY) {
@@ -67,14 +71,22 @@ static __global__ void radar_summarize_stats(const radar_summarize_params p) {
         } else {
             a0 += x;
             a1 += (double) x*x;
+            if (both) {
+                a2 = fmin(a2, (double) x);
+                a3 = fmax(a3, (double) x);
+            }
         }
     }
 
     __shared__ double red0[nthreads];
     __shared__ double red1[nthreads];
+    __shared__ double red2[nthreads];
+    __shared__ double red3[nthreads];
     __shared__ int    redn[nthreads];
     red0[tid] = a0;
     red1[tid] = a1;
+    red2[tid] = a2;
+    red3[tid] = a3;
     redn[tid] = n;
     __syncthreads();
     if (cg != 0) {
@@ -85,6 +97,8 @@ static __global__ void radar_summarize_stats(const radar_summarize_params p) {
         const double b1 = red1[g*D + d];
         a0 = minmax ? fmin(a0, b0) : a0 + b0;
         a1 = minmax ? fmax(a1, b1) : a1 + b1;
+        a2 = fmin(a2, red2[g*D + d]);
+        a3 = fmax(a3, red3[g*D + d]);
         n += redn[g*D + d];
     }
 
@@ -109,8 +123,12 @@ static __global__ void radar_summarize_stats(const radar_summarize_params p) {
     }
     radar_s_store(out, d,     o0);
     radar_s_store(out, D + d, o1);
+    if (both) {
+        radar_s_store(out, 2*D + d, n > 0 ? (float) a2 : 0.0f);
+        radar_s_store(out, 3*D + d, n > 0 ? (float) a3 : 0.0f);
+    }
     if (d == 0) {
-        radar_s_store(out, 2*D, (float) n);
+        radar_s_store(out, (both ? 4 : 2)*D, (float) n);
     }
 }
 

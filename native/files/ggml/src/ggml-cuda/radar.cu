@@ -47,7 +47,7 @@ bool ggml_cuda_radar_supported(const ggml_tensor * op) {
             const ggml_tensor * ids   = op->src[3];
             const ggml_tensor * omega = op->src[4];
             const int score = ggml_get_op_params_i32(op, 0);
-            return score >= 0 && score < GGML_RADAR_SCORE_COUNT && score != GGML_RADAR_SCORE_UNION && // UNION: CPU only
+            return score >= 0 && score < GGML_RADAR_SCORE_COUNT &&
                 (s->type == GGML_TYPE_F32 || s->type == GGML_TYPE_F16) && ggml_is_contiguous(s) &&
                 radar_kv_type_supported(k->type) && radar_head_size_supported(k->ne[0]) && radar_strides_supported(k) &&
                 (mask->type == GGML_TYPE_F16 || mask->type == GGML_TYPE_F32) && mask->nb[0] == ggml_type_size(mask->type) &&
@@ -64,7 +64,7 @@ bool ggml_cuda_radar_supported(const ggml_tensor * op) {
             const ggml_tensor * omega = op->src[6];
             const ggml_tensor * sinks = op->src[7];
             const int score = ggml_get_op_params_i32(op, 0);
-            return score >= 0 && score < GGML_RADAR_SCORE_COUNT && score != GGML_RADAR_SCORE_UNION && // UNION: CPU only
+            return score >= 0 && score < GGML_RADAR_SCORE_COUNT &&
                 q->type == GGML_TYPE_F32 && q->nb[0] == sizeof(float) &&
                 radar_kv_type_supported(k->type) && radar_kv_type_supported(v->type) &&
                 radar_head_size_supported(k->ne[0]) && v->ne[0] == k->ne[0] &&
@@ -242,10 +242,15 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
         // scores of the candidates) when the selection is per head and small, and its keys fit
         const int64_t n_attn_keys = p.n_rescore > 0 ? p.n_rescore : p.n_seg_cap;
         p.select_smem    = p.n_seg_cap*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX;
+        // (not UNION's one stage: its top_k come from two scores, which radar_select merges)
         p.select_in_attn = !p.shared && p.mass == 0.0f && n_attn_keys*sizeof(uint32_t) <= RADAR_SELECT_SMEM_MAX &&
-            p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX;
+            p.top_k <= RADAR_SELECT_SMALL_K && p.top_k + n_recent_seg <= RADAR_ATTN_SEL_MAX &&
+            (p.n_rescore > 0 || p.score != GGML_RADAR_SCORE_UNION);
         const int64_t n_items = p.shared ? n_hkv : n_hq;
-        p.scores = scores_alloc.alloc(ns*n_hq*p.n_seg_cap);
+        // UNION: MEANVAR's scores, then MINMAX's (the same for the group scores)
+        const int64_t n_parts = p.score == GGML_RADAR_SCORE_UNION ? 2 : 1;
+        p.scores = scores_alloc.alloc(n_parts*ns*n_hq*p.n_seg_cap);
+        p.scores_b = n_parts == 2 ? p.scores + ns*n_hq*p.n_seg_cap : nullptr;
         if (!p.select_in_attn && !p.merge) {
             p.sel = sel_alloc.alloc(ns*n_items*(p.n_seg_cap + 1));
         }
@@ -260,7 +265,8 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
             }
         }
         if (p.shared) {
-            p.comb = comb_alloc.alloc(ns*n_hkv*p.n_seg_cap);
+            p.comb   = comb_alloc.alloc(n_parts*ns*n_hkv*p.n_seg_cap);
+            p.comb_b = n_parts == 2 ? p.comb + ns*n_hkv*p.n_seg_cap : nullptr;
         }
         if (p.score == GGML_RADAR_SCORE_RF) {
             p.lq = lq_alloc.alloc(ns*n_hq*2*p.m);
@@ -283,10 +289,11 @@ void ggml_cuda_op_radar_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     int64_t       n_split   = (nsm*RADAR_ATTN_BLOCKS_PER_SM + n_heads - 1)/n_heads;
     n_split = std::max((int64_t) 1, std::min({n_split, n_tiles, (int64_t) RADAR_ATTN_MAX_SPLIT}));
 
-    // MEAN, MEANVAR, MINMAX: one score kernel per KV head for all of its query heads; the last block of
-    // each head merges the split (no combine kernel), its counters zeroed by that score kernel
+    // MEAN, MEANVAR, MINMAX, UNION: one score kernel per KV head for all of its query heads; the last block
+    // of each head merges the split (no combine kernel), its counters zeroed by that score kernel
     const bool score_gqa = need_select &&
-        (p.score == GGML_RADAR_SCORE_MEAN || p.score == GGML_RADAR_SCORE_MEANVAR || p.score == GGML_RADAR_SCORE_MINMAX);
+        (p.score == GGML_RADAR_SCORE_MEAN || p.score == GGML_RADAR_SCORE_MEANVAR || p.score == GGML_RADAR_SCORE_MINMAX ||
+         p.score == GGML_RADAR_SCORE_UNION);
 
     if (n_split > 1 && !p.merge) {
         p.dst_parts = parts_alloc.alloc(n_heads*n_split*D);

@@ -62,6 +62,7 @@ typedef struct {
     int32_t  mask_f16;
     int32_t  s_f16;
     int32_t  has_sinks;
+    int32_t  n_scores_b; // UNION: MINMAX's scores lie this many floats after MEANVAR's (set by the plan)
     uint64_t nbq2;      // q [D, 1, Hq, ns] f32
     uint64_t nbq3;
     uint64_t nbk1;      // k [D, n_kv, Hkv, ns]
@@ -203,7 +204,7 @@ struct ggml_metal_radar_attn_plan {
     int    n_split;
     int    n_items;
     // scratch offsets in bytes from the end of dst, and its total size
-    size_t off_scores; // f32 [ns, Hq, n_seg_cap]
+    size_t off_scores; // f32 [ns, Hq, n_seg_cap] (UNION: MEANVAR's, then MINMAX's [ns, Hq, n_seg_cap])
     size_t off_lq;     // f32 [ns, Hq, 2m]
     size_t off_sel;    // i32 [ns, n_items, 1 + n_seg_cap]: count, then the kept segments
     size_t off_cand;   // i32 [ns, n_items, 1 + n_rescore]: count (-1: no selection), then candidates
@@ -256,7 +257,8 @@ static inline struct ggml_metal_radar_attn_plan ggml_metal_radar_attn_make_plan(
 
     const size_t n_hq = (size_t) a->n_hq;
     size_t off = 0;
-    p.off_scores = off; off += p.select ? 4*ns*n_hq*a->n_seg_cap : 0;
+    const int n_parts = a->score == 5 ? 2 : 1; // UNION: two scores
+    p.off_scores = off; off += p.select ? 4*n_parts*ns*n_hq*a->n_seg_cap : 0;
     p.off_lq     = off; off += p.select && a->score == 0 ? 4*ns*n_hq*2*a->m : 0;
     p.off_sel    = off; off += p.select ? 4*ns*p.n_items*(1 + (size_t) a->n_seg_cap) : 0;
     p.off_cand   = off; off += p.n_rescore ? 4*ns*p.n_items*(1 + (size_t) p.n_rescore) : 0;
@@ -284,6 +286,7 @@ static inline struct ggml_metal_radar_attn_plan ggml_metal_radar_attn_make_plan(
     a->n_rescore = p.n_rescore;
     a->n_split   = p.n_split;
     a->mass      = mass;
+    a->n_scores_b = n_parts == 2 ? (int32_t) (ns*n_hq*a->n_seg_cap) : 0;
     return p;
 }
 #endif // __METAL_VERSION__

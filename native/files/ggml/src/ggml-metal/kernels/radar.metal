@@ -18,6 +18,7 @@
 #define RADAR_SCORE_MEANVAR 2
 #define RADAR_SCORE_MINMAX  3
 #define RADAR_SCORE_ORACLE  4
+#define RADAR_SCORE_UNION   5
 
 #define RADAR_NEG (-FLT_MAX/2)
 
@@ -214,8 +215,8 @@ static inline float radar_load(device const half * row, int i) {
 //
 // GGML_OP_RADAR_SUMMARIZE: one simdgroup per (listed segment, KV head, stream), grid (n_upd, Hkv, ns).
 // Lane l owns channels l, l+32, ... (MEAN, MEANVAR, MINMAX: Welford mean and variance, or min and max, in
-// f32; the CPU accumulates in f64, the difference is far below the f32 rounding of the row) and features
-// l, l+32, ... of RF (running max and sum in threadgroup memory: [2m] each, after the key [D]).
+// f32; the CPU accumulates in f64, the difference is far below the f32 rounding of the row; UNION: both) and
+// features l, l+32, ... of RF (running max and sum in threadgroup memory: [2m] each, after the key [D]).
 //   k:     [D, Hkv, n_kv, ns]      TK rows
 //   mask:  [n_kv, n_rows, 1, ns]   f16/f32, the last row gives validity
 //   ids:   [n_upd, ns]             i32 segments to (re)compute, -1 = skip
@@ -267,11 +268,17 @@ kernel void kernel_radar_summarize(
     threadgroup float * fmax = kf + D;     // [2m] running max of the feature logs
     threadgroup float * fsum = fmax + 2*m; // [2m] running sum of exp(f - max)
 
+    const bool both = score == RADAR_SCORE_UNION; // MEANVAR's mean and variance, then MINMAX's min and max
+
     float a0[RADAR_METAL_D_MAX/N_SIMDWIDTH]; // mean or min
     float a1[RADAR_METAL_D_MAX/N_SIMDWIDTH]; // sum of squared deviations or max
+    float a2[RADAR_METAL_D_MAX/N_SIMDWIDTH]; // UNION: min
+    float a3[RADAR_METAL_D_MAX/N_SIMDWIDTH]; // UNION: max
     for (int i = 0; i < nd; ++i) {
         a0[i] = score == RADAR_SCORE_MINMAX ?  FLT_MAX : 0.0f;
         a1[i] = score == RADAR_SCORE_MINMAX ? -FLT_MAX : 0.0f;
+        a2[i] =  FLT_MAX;
+        a3[i] = -FLT_MAX;
     }
     if (score == RADAR_SCORE_RF) {
         for (int j = tiisg; j < 2*m; j += N_SIMDWIDTH) {
@@ -290,12 +297,16 @@ kernel void kernel_radar_summarize(
         }
         device const TK * kr = (device const TK *) (k + h*args.nbk1 + c*args.nbk2 + st*args.nbk3);
         n++;
-        if (score == RADAR_SCORE_MEAN || score == RADAR_SCORE_MEANVAR) {
+        if (score == RADAR_SCORE_MEAN || score == RADAR_SCORE_MEANVAR || both) {
             for (int i = 0; i < nd; ++i) {
                 const float x     = radar_val(kr, tiisg + i*N_SIMDWIDTH);
                 const float delta = x - a0[i];
                 a0[i] += delta/n;
                 a1[i] += delta*(x - a0[i]);
+                if (both) {
+                    a2[i] = min(a2[i], x);
+                    a3[i] = max(a3[i], x);
+                }
             }
         } else if (score == RADAR_SCORE_MINMAX) {
             for (int i = 0; i < nd; ++i) {
@@ -340,10 +351,14 @@ kernel void kernel_radar_summarize(
         for (int i = tiisg; i < args.W - 1; i += N_SIMDWIDTH) {
             radar_store(out, i, 0.0f);
         }
-    } else if (score == RADAR_SCORE_MEAN || score == RADAR_SCORE_MEANVAR) {
+    } else if (score == RADAR_SCORE_MEAN || score == RADAR_SCORE_MEANVAR || both) {
         for (int i = 0; i < nd; ++i) {
             radar_store(out, tiisg + i*N_SIMDWIDTH,     a0[i]);
             radar_store(out, D + tiisg + i*N_SIMDWIDTH, max(a1[i]/n, 0.0f));
+            if (both) {
+                radar_store(out, 2*D + tiisg + i*N_SIMDWIDTH, a2[i]);
+                radar_store(out, 3*D + tiisg + i*N_SIMDWIDTH, a3[i]);
+            }
         }
     } else if (score == RADAR_SCORE_MINMAX) {
         for (int i = 0; i < nd; ++i) {
@@ -420,6 +435,7 @@ kernel void kernel_radar_rf_query(
 
 // segment scores of the candidates, one simdgroup per segment, grid (ceil(n_seg_cap/nsg), Hq, ns).
 // MEAN, MEANVAR, MINMAX, RF read the summaries; ORACLE the keys (threadgroup memory: the query [D + D/32]).
+// UNION: MEANVAR's score into scores, MINMAX's args.n_scores_b floats further on.
 typedef void (radar_score_t)(
         constant ggml_metal_kargs_radar_attn & args,
         device const char  * q,
@@ -473,6 +489,7 @@ kernel void kernel_radar_score(
     }
 
     float r;
+    float rb = RADAR_NEG; // UNION: MINMAX's score
     if (args.score == RADAR_SCORE_ORACLE) {
         device const char * mrow = mask + st*args.nbm3;
         r = radar_cells_lse<TK>(args, shmem, k, mrow, radar_slope(args, h), sg*args.L, (sg + 1)*args.L, hk, st, tiisg);
@@ -493,8 +510,10 @@ kernel void kernel_radar_score(
             }
             r = mx + log(simd_sum(sum));
         } else {
+            const bool both = args.score == RADAR_SCORE_UNION;
             float a = 0.0f;
             float b = 0.0f;
+            float c = 0.0f; // UNION: the bound
             for (int d = tiisg; d < D; d += N_SIMDWIDTH) {
                 const float qd = qf[d];
                 if (args.score == RADAR_SCORE_MINMAX) {
@@ -502,18 +521,28 @@ kernel void kernel_radar_score(
                 } else {
                     a += qd*radar_load(row, d);
                     b += qd*qd*radar_load(row, D + d);
+                    if (both) {
+                        c += max(qd*radar_load(row, 2*D + d), qd*radar_load(row, 3*D + d));
+                    }
                 }
             }
             a = simd_sum(a);
             b = simd_sum(b);
             r = args.scale*a;
-            if (args.score == RADAR_SCORE_MEANVAR) {
+            if (args.score == RADAR_SCORE_MEANVAR || both) {
                 r += 0.5f*args.scale*args.scale*b; // log-mean-exp of a Gaussian
+            }
+            if (both) {
+                rb = args.scale*simd_sum(c);
             }
         }
     }
     if (tiisg == 0) {
-        scores[(st*args.n_hq + h)*args.n_seg_cap + sg] = isnan(r) ? RADAR_NEG : max(r, RADAR_NEG);
+        const int o = (st*args.n_hq + h)*args.n_seg_cap + sg;
+        scores[o] = isnan(r) ? RADAR_NEG : max(r, RADAR_NEG);
+        if (args.score == RADAR_SCORE_UNION) {
+            scores[args.n_scores_b + o] = isnan(rb) ? RADAR_NEG : max(rb, RADAR_NEG);
+        }
     }
 }
 
@@ -572,11 +601,50 @@ static inline void radar_keep_recent(device int32_t * sel, int n_keep, int n_can
     }
 }
 
+// the values stage one ranks, val[i] for the candidates i < n_cand of item: the item's scores (a query
+// head), or with a shared selection the group's summed attention share, logsumexp_h (score_h - logsumexp
+// score_h) (a KV head). Lane tid writes the values i = tid (mod nth)
+static inline void radar_select_values(constant ggml_metal_kargs_radar_attn & args, device const float * scores,
+        int item, int st, int n_cand, threadgroup float * val, threadgroup float * red,
+        ushort tid, ushort nth, ushort sgitg, ushort tiisg, ushort nsg) {
+    if (!args.shared) {
+        device const float * sc = scores + (st*args.n_hq + item)*args.n_seg_cap;
+        for (int i = tid; i < n_cand; i += nth) {
+            val[i] = sc[i];
+        }
+        return;
+    }
+    for (int i = tid; i < n_cand; i += nth) {
+        val[i] = RADAR_NEG;
+    }
+    for (int g = 0; g < args.gqa; ++g) {
+        device const float * sc = scores + (st*args.n_hq + item*args.gqa + g)*args.n_seg_cap;
+        float mx = RADAR_NEG;
+        for (int i = tid; i < n_cand; i += nth) {
+            mx = max(mx, sc[i]);
+        }
+        mx = radar_tg_max(mx, red, sgitg, tiisg, nsg);
+        if (mx <= RADAR_NEG) {
+            continue; // uniform
+        }
+        float sum = 0.0f;
+        for (int i = tid; i < n_cand; i += nth) {
+            sum += exp(sc[i] - mx);
+        }
+        const float lse = mx + log(radar_tg_sum(sum, red, sgitg, tiisg, nsg));
+        for (int i = tid; i < n_cand; i += nth) {
+            val[i] = radar_log_add(val[i], sc[i] - lse);
+        }
+    }
+}
+
 // stage one of the selection, one threadgroup per (item, stream): item = query head, or KV head with a
 // shared selection (the group's summed attention share, logsumexp_h (score_h - logsumexp score_h)).
 // One stage: the top_k candidates and the recent segments into sel. Two stages: the min(n_rescore, n_cand)
 // best candidates into cand (count -1: the stream has at most top_k candidates and keeps all).
-// Threadgroup memory: the values [n_seg_cap], then 2 slots per simdgroup.
+// UNION: of those n, the best (n + 1)/2 by MEANVAR's scores, then the best of the others by MINMAX's.
+// Threadgroup memory: the values [n_seg_cap] (UNION: MEANVAR's, then MINMAX's [n_seg_cap]), then 2 slots
+// per simdgroup.
 kernel void kernel_radar_select(
         constant ggml_metal_kargs_radar_attn & args,
         device const char    * info,
@@ -610,48 +678,39 @@ kernel void kernel_radar_select(
         return;
     }
 
-    threadgroup float * val = shmem;               // [n_seg_cap]
-    threadgroup float * red = val + args.n_seg_cap; // [nsg]
+    const bool both = args.score == RADAR_SCORE_UNION;
+    threadgroup float * val   = shmem;                                        // [n_seg_cap]
+    threadgroup float * val_b = val + args.n_seg_cap;                         // [n_seg_cap] UNION: MINMAX's
+    threadgroup float * red   = val + (both ? 2 : 1)*args.n_seg_cap;          // [nsg]
 
-    if (!args.shared) {
-        device const float * sc = scores + (st*args.n_hq + item)*args.n_seg_cap;
-        for (int i = tid; i < n_cand; i += nth) {
-            val[i] = sc[i];
-        }
-    } else {
-        for (int i = tid; i < n_cand; i += nth) {
-            val[i] = RADAR_NEG;
-        }
-        for (int g = 0; g < args.gqa; ++g) {
-            device const float * sc = scores + (st*args.n_hq + item*args.gqa + g)*args.n_seg_cap;
-            float mx = RADAR_NEG;
-            for (int i = tid; i < n_cand; i += nth) {
-                mx = max(mx, sc[i]);
-            }
-            mx = radar_tg_max(mx, red, sgitg, tiisg, nsg);
-            if (mx <= RADAR_NEG) {
-                continue; // uniform
-            }
-            float sum = 0.0f;
-            for (int i = tid; i < n_cand; i += nth) {
-                sum += exp(sc[i] - mx);
-            }
-            const float lse = mx + log(radar_tg_sum(sum, red, sgitg, tiisg, nsg));
-            for (int i = tid; i < n_cand; i += nth) {
-                val[i] = radar_log_add(val[i], sc[i] - lse);
-            }
-        }
+    radar_select_values(args, scores, item, st, n_cand, val, red, tid, nth, sgitg, tiisg, nsg);
+    if (both) {
+        radar_select_values(args, scores + args.n_scores_b, item, st, n_cand, val_b, red, tid, nth, sgitg, tiisg, nsg);
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
+    const int n = two ? min(args.n_rescore, n_cand) : args.top_k; // kept by stage one
+    if (!both) {
+        radar_rank_keep<false>(val, (threadgroup const int32_t *) val, n_cand, n, out + 1, tid, nth);
+    } else {
+        // the best n_a by MEANVAR into out[1 + rank]; their MINMAX values drop below any score (RADAR_NEG is
+        // the floor of a score), so that the best n - n_a of the others by MINMAX follow them (n < n_cand)
+        const int n_a = (n + 1)/2;
+        for (int i = tid; i < n_cand; i += nth) {
+            const int rank = radar_rank<false>(val, (threadgroup const int32_t *) val, n_cand, i, n_a);
+            if (rank < n_a) {
+                out[1 + rank] = i;
+                val_b[i] = -FLT_MAX;
+            }
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        radar_rank_keep<false>(val_b, (threadgroup const int32_t *) val_b, n_cand, n - n_a, out + 1 + n_a, tid, nth);
+    }
     if (two) {
-        const int n_c = min(args.n_rescore, n_cand);
-        radar_rank_keep<false>(val, (threadgroup const int32_t *) val, n_cand, n_c, out + 1, tid, nth);
         if (tid == 0) {
-            out[0] = n_c;
+            out[0] = n;
         }
     } else {
-        radar_rank_keep<false>(val, (threadgroup const int32_t *) val, n_cand, args.top_k, out + 1, tid, nth);
         radar_keep_recent(out, args.top_k, n_cand, n_seg, tid, nth);
     }
 }

@@ -268,6 +268,62 @@ static float radar_score_minmax(const float * q, const float * mn, const float *
     return scale*(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])));
 }
 
+// The two inner loops of the attention with an f16 cache, written out for x86: the K dots of a run of cells
+// (stage two scores every cell of its candidates) and the V rows weighted into the output (every attended
+// cell). Through ggml's per-type vec_dot / to_float each row is a call through a pointer, and a V row goes
+// through a buffer; a profile of a 32k step on two cores had those two at 28% and 18% of the step.
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__) && defined(__FMA__))
+#define RADAR_F16_ROWS 1
+#define RADAR_F16_ROWS_D_MAX 512
+#endif
+
+#ifdef RADAR_F16_ROWS
+// out[i] = q . row i for the n f16 rows k0 + i*stride [D] and q [D] in f32 (D % 8 == 0)
+static void radar_dot_rows_f16(int64_t D, const float * q, const char * k0, size_t stride, int64_t n, float * out) {
+    for (int64_t i = 0; i < n; ++i) {
+        const ggml_fp16_t * k = (const ggml_fp16_t *) (k0 + i*stride);
+        int64_t d = 0;
+        float   r = 0.0f;
+#if defined(__AVX512F__)
+        if (D % 16 == 0) {
+            __m512 acc = _mm512_setzero_ps();
+            for (; d < D; d += 16) {
+                acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (k + d))), _mm512_loadu_ps(q + d), acc);
+            }
+            r = _mm512_reduce_add_ps(acc);
+        }
+#endif
+        if (d < D) {
+            __m256 acc = _mm256_setzero_ps();
+            for (; d < D; d += 8) {
+                acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (k + d))), _mm256_loadu_ps(q + d), acc);
+            }
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            r = _mm_cvtss_f32(h);
+        }
+        out[i] = r;
+    }
+}
+
+// y[0:n] += v * x[0:n] for an f16 row x (n % 8 == 0): converted and accumulated in one pass, one fused
+// multiply-add an element as ggml_vec_mad_f32 after ggml_cpu_fp16_to_fp32 (the same values)
+static inline void radar_mad_row_f16(int64_t n, float * GGML_RESTRICT y, const ggml_fp16_t * GGML_RESTRICT x, float v) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 v16 = _mm512_set1_ps(v);
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (x + i))), v16, _mm512_loadu_ps(y + i)));
+    }
+#endif
+    const __m256 v8 = _mm256_set1_ps(v);
+    for (; i < n; i += 8) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (x + i))), v8, _mm256_loadu_ps(y + i)));
+    }
+}
+#endif // RADAR_F16_ROWS
+
 // MEAN, MEANVAR, MINMAX scores of one summary row for the G query heads of its KV head: qg, q2g are
 // the heads' queries and their squares [G, D]; the row stays in L1 across the heads. UNION: MEANVAR's
 // score into out, MINMAX's (from the row's min and max) into out2
@@ -407,6 +463,24 @@ void ggml_compute_forward_radar_attn(
     const bool    two_scores  = score == GGML_RADAR_SCORE_UNION;
     const int64_t n_gscores   = n_hq*neq3*n_seg_cap; // one part
 
+#ifdef RADAR_F16_ROWS
+    // an f16 cache: the dots by radar_dot_rows_f16 with the query in qk32 (its f16 rounding, as ggml's dot
+    // uses it), everywhere, so that a cell's logit does not depend on the path that computes it
+    const bool f16_rows = k->type == GGML_TYPE_F16 && DK % 8 == 0 && DK <= RADAR_F16_ROWS_D_MAX;
+    const bool f16_mad  = v->type == GGML_TYPE_F16 && DV % 8 == 0;
+    float      qk32[RADAR_F16_ROWS_D_MAX];
+#endif
+
+    // the query of the dots below: qf [DK] into Q_q (K's vec-dot type), and into qk32 for an f16 cache
+    auto set_query = [&](const float * qf) {
+        q_to_vec_dot(qf, Q_q, DK);
+#ifdef RADAR_F16_ROWS
+        if (f16_rows) {
+            ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) Q_q, qk32, DK);
+        }
+#endif
+    };
+
     // logit of query row Q_q (converted) against cell c of kv head hk; -INF when masked
     auto logit = [&](const char * mp, float slope, int64_t c, int64_t hk, int64_t st) -> float {
         const float mv = mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[c])
@@ -415,7 +489,13 @@ void ggml_compute_forward_radar_attn(
             return -INFINITY;
         }
         float r;
-        kq_vec_dot(DK, &r, 0, (const char *) k->data + c*nbk1 + hk*nbk2 + st*nbk3, 0, Q_q, 0, 1);
+        const char * kr = (const char *) k->data + c*nbk1 + hk*nbk2 + st*nbk3;
+#ifdef RADAR_F16_ROWS
+        if (f16_rows) {
+            radar_dot_rows_f16(DK, qk32, kr, 0, 1, &r);
+        } else
+#endif
+        kq_vec_dot(DK, &r, 0, kr, 0, Q_q, 0, 1);
         r *= kq_scale;
         if (softcap != 0.0f) {
             r = softcap*tanhf(r);
@@ -427,6 +507,7 @@ void ggml_compute_forward_radar_attn(
         return max_bias > 0.0f ? (h < (int64_t) n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1)) : 1.0f;
     };
 
+
     // log of the exact attention mass of cells [c0, c1) (at most one segment) for the query in Q_q;
     // -INF when all are masked or the range is empty (a segment wholly inside the sinks, c0 > c1, when
     // n_sink > L). The logits first, then one vectorized exp-sum (a copy of the logits into keep_logits
@@ -435,6 +516,23 @@ void ggml_compute_forward_radar_attn(
                          float * keep_logits = nullptr) -> float {
         const int64_t n  = MAX(c1 - c0, 0);
         float         mx = -INFINITY;
+#ifdef RADAR_F16_ROWS
+        if (f16_rows && n > 0) {
+            // the dots of the run in one call
+            radar_dot_rows_f16(DK, qk32, (const char *) k->data + c0*nbk1 + hk*nbk2 + st*nbk3, nbk1, n, lseg);
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t c  = c0 + i;
+                const float   mv = mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[c])
+                                                               : ((const float *) mp)[c];
+                float r = lseg[i]*kq_scale;
+                if (softcap != 0.0f) {
+                    r = softcap*tanhf(r);
+                }
+                lseg[i] = mv == -INFINITY ? -INFINITY : r + slope*mv;
+                mx = MAX(mx, lseg[i]);
+            }
+        } else
+#endif
         for (int64_t i = 0; i < n; ++i) {
             lseg[i] = logit(mp, slope, c0 + i, hk, st);
             mx = MAX(mx, lseg[i]);
@@ -488,7 +586,7 @@ void ggml_compute_forward_radar_attn(
         }
         const float * qf = (const float *) ((const char *) q->data + h*nbq2 + st*nbq3);
         if (score == GGML_RADAR_SCORE_ORACLE) {
-            q_to_vec_dot(qf, Q_q, DK);
+            set_query(qf);
             const float slope = slope_of(h);
             for (int64_t sg = 0; sg < n_cand; ++sg) {
                 out[sg] = cells_lse(mp, slope, sg*L, (sg + 1)*L, hk, st);
@@ -625,7 +723,7 @@ void ggml_compute_forward_radar_attn(
                 // cells (and a sink logit) count with their exact mass
                 const int64_t n_hi = MIN(n_resc_hi, n_cand);
                 std::partial_sort(idx, idx + n_hi, idx + n_cand, better);
-                q_to_vec_dot((const float *) ((const char *) q->data + h*nbq2 + st*nbq3), Q_q, DK);
+                set_query((const float *) ((const char *) q->data + h*nbq2 + st*nbq3));
                 float al = always_lse(mp, slope_of(h), n_seg, n_cand, hk, st);
                 if (sinks) {
                     al = log_add(al, ((const float *) sinks->data)[h]);
@@ -677,7 +775,7 @@ void ggml_compute_forward_radar_attn(
                 }
                 float known = -INFINITY; // log of the always-attended share, summed over the heads
                 for (int64_t hh = h0; hh < h1; ++hh) {
-                    q_to_vec_dot((const float *) ((const char *) q->data + hh*nbq2 + st*nbq3), Q_q, DK);
+                    set_query((const float *) ((const char *) q->data + hh*nbq2 + st*nbq3));
                     const float slope = slope_of(hh);
                     float * ex = scores; // [n_c] this head's exact scores
                     float   lse = -INFINITY;
@@ -779,7 +877,7 @@ void ggml_compute_forward_radar_attn(
 
         // 2. exact online softmax over sinks + kept segments + tail, in cell order
         const float * qf = (const float *) ((const char *) q->data + h*nbq2 + st*nbq3);
-        q_to_vec_dot(qf, Q_q, DK);
+        set_query(qf);
         const float slope = slope_of(h);
 
         // f32 accumulation: the dense decode path of flash attention accumulates in f32 too
@@ -801,6 +899,11 @@ void ggml_compute_forward_radar_attn(
             } else {
                 vs = expf(l - M);
             }
+#ifdef RADAR_F16_ROWS
+            if (f16_mad) {
+                radar_mad_row_f16(DV, VKQ32, (const ggml_fp16_t *) v_data, vs);
+            } else
+#endif
             if (v->type == GGML_TYPE_F16) {
                 ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) v_data, V32, DV); // SIMD, unlike the generic to_float
                 ggml_vec_mad_f32(DV, VKQ32, V32, vs);

@@ -481,10 +481,21 @@ void ggml_compute_forward_radar_attn(
 #endif
     };
 
+    // the mask value of cell c (-INF: masked), and the logit of an unmasked cell from its q.k dot
+    auto mask_at = [&](const char * mp, int64_t c) -> float {
+        return mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[c]) : ((const float *) mp)[c];
+    };
+    auto logit_of_dot = [&](float r, float slope, float mv) -> float {
+        r *= kq_scale;
+        if (softcap != 0.0f) {
+            r = softcap*tanhf(r);
+        }
+        return r + slope*mv;
+    };
+
     // logit of query row Q_q (converted) against cell c of kv head hk; -INF when masked
     auto logit = [&](const char * mp, float slope, int64_t c, int64_t hk, int64_t st) -> float {
-        const float mv = mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[c])
-                                                     : ((const float *) mp)[c];
+        const float mv = mask_at(mp, c);
         if (mv == -INFINITY) {
             return -INFINITY;
         }
@@ -496,11 +507,7 @@ void ggml_compute_forward_radar_attn(
         } else
 #endif
         kq_vec_dot(DK, &r, 0, kr, 0, Q_q, 0, 1);
-        r *= kq_scale;
-        if (softcap != 0.0f) {
-            r = softcap*tanhf(r);
-        }
-        return r + slope*mv;
+        return logit_of_dot(r, slope, mv);
     };
 
     auto slope_of = [&](int64_t h) -> float {
@@ -521,14 +528,8 @@ void ggml_compute_forward_radar_attn(
             // the dots of the run in one call
             radar_dot_rows_f16(DK, qk32, (const char *) k->data + c0*nbk1 + hk*nbk2 + st*nbk3, nbk1, n, lseg);
             for (int64_t i = 0; i < n; ++i) {
-                const int64_t c  = c0 + i;
-                const float   mv = mask->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[c])
-                                                               : ((const float *) mp)[c];
-                float r = lseg[i]*kq_scale;
-                if (softcap != 0.0f) {
-                    r = softcap*tanhf(r);
-                }
-                lseg[i] = mv == -INFINITY ? -INFINITY : r + slope*mv;
+                const float mv = mask_at(mp, c0 + i);
+                lseg[i] = mv == -INFINITY ? -INFINITY : logit_of_dot(lseg[i], slope, mv);
                 mx = MAX(mx, lseg[i]);
             }
         } else

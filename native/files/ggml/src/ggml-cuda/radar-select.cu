@@ -570,6 +570,18 @@ static __device__ __forceinline__ T radar_block_scan(const T x, T * red, T & tot
     return before + incl;
 }
 
+// the keys equal to the threshold key lo in the ranges [i_beg, i_end) of the threads before this one: where
+// this thread's own keys equal to lo rank among them (the first kk of them are kept, in segment order)
+static __device__ __forceinline__ int radar_eq_before(const uint32_t * keys, const int i_beg, const int i_end,
+        const uint32_t lo, int * red_i) {
+    int n_eq = 0;
+    for (int i = i_beg; i < i_end; ++i) {
+        n_eq += keys[i] == lo;
+    }
+    int total;
+    return radar_block_scan(n_eq, red_i, total) - n_eq;
+}
+
 // shared selection: sc[i] = the summed attention share of input i < n_in over the query heads of KV head hk,
 // logsumexp_h (score_h[i] - lse_h), where score_h is the row of head h in scores [ld_scores, n_hq, ns].
 // Thread tid writes the inputs i = tid (mod nthreads), as radar_scores_to_keys reads them
@@ -688,11 +700,7 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
             k_rest = top_k - k_a;
             const radar_top_k_thr thr = radar_top_k_threshold<nthreads>(keys, n_in, k_a);
             const int kk = thr.all_eq ? INT_MAX : thr.kk;
-            int n_eq = 0;
-            for (int i = i_beg; i < i_end; ++i) {
-                n_eq += keys[i] == thr.lo;
-            }
-            int r_eq = radar_block_scan(n_eq, red_i, total) - n_eq;
+            int r_eq = radar_eq_before(keys, i_beg, i_end, thr.lo, red_i);
             for (int i = i_beg; i < i_end; ++i) {
                 const uint32_t u = keys[i];
                 keys[i] = u > thr.lo || (u == thr.lo && r_eq++ < kk) ? 0u : radar_key(sc_b[i]);
@@ -711,11 +719,7 @@ static __global__ void radar_select(const radar_attn_params p, float * scores, c
             kk     = thr.all_eq ? INT_MAX : thr.kk;
         }
 
-        int n_eq = 0;
-        for (int i = i_beg; i < i_end; ++i) {
-            n_eq += keys[i] == prefix;
-        }
-        const int eq_before = radar_block_scan(n_eq, red_i, total) - n_eq;
+        const int eq_before = radar_eq_before(keys, i_beg, i_end, prefix, red_i);
 
         int n_keep = 0;
         int r_eq   = eq_before;

@@ -195,7 +195,8 @@ case "${1:-}" in
         ;;
     long)
         # decode at 128k-1M tokens over a cache filled by tiling one prefilled block, Radar then dense
-        # (KV: cache type, default q8_0; BLOCK: the prefilled block; CHECK: a depth also prefilled for real):
+        # (KV: cache type, default q8_0; BLOCK: the prefilled block; CHECK: a depth also prefilled for real;
+        # UBATCH: the physical batch, 512; smaller shrinks the compute buffer, which grows with it times the context):
         # long-SHAPE-KV-MODE.json, the log's buffer sizes (memory per component) printed
         shape=${2:-llama-8b}
         depths=${3:-131072,262144,524288,1048576}
@@ -207,7 +208,8 @@ case "${1:-}" in
             env_radar=0; [ $mode = radar ] && env_radar=${RADAR_SPEC:-1}
             name=long-$shape-$kv-$mode
             LLAMA_RADAR=$env_radar python3 scripts/long_context.py "$q" --ngl 99 --ctk "$kv" --block "${BLOCK:-65536}" \
-                --check "${CHECK:-131072}" --depths "$depths" --steps "${NGEN:-32}" --json "$out/$name.json" \
+                --check "${CHECK:-131072}" --depths "$depths" --steps "${NGEN:-32}" --ubatch "${UBATCH:-512}" \
+                --json "$out/$name.json" \
                 2> "$out/$name.log" | sed "s/^/$mode /" || { tail -20 "$out/$name.log"; exit 1; }
             grep -E "buffer size" "$out/$name.log" | sort -u || true
             gzip -f "$out/$name.log"

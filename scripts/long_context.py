@@ -108,13 +108,20 @@ def main() -> None:
     ap.add_argument("--depths", default="131072,262144,524288,1048576", help="comma-separated")
     ap.add_argument("--check", type=int, default=0, help="also decode after a real prefill to this depth")
     ap.add_argument("--steps", type=int, default=32, help="decode steps a depth (after the first)")
+    ap.add_argument(
+        "--ubatch",
+        type=int,
+        default=512,
+        help="physical batch: the compute buffer grows with it times the context (a 1M context on an 80 GB "
+        "GPU needs it small)",
+    )
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     depths = sorted(int(d) for d in args.depths.split(","))
-    if args.block < 1 or depths[0] < 1 or args.check < 0:
-        sys.exit("long_context: --block, --depths and --check must be positive")
+    if args.block < 1 or depths[0] < 1 or args.check < 0 or args.ubatch < 1:
+        sys.exit("long_context: --block, --depths, --check and --ubatch must be positive")
     n_ctx = max(depths + [args.check, args.block]) + args.steps + 256
 
     L = _bindings()
@@ -129,7 +136,7 @@ def main() -> None:
 
     cp = L.llama_context_default_params()
     cp.n_ctx = n_ctx
-    cp.n_batch = cp.n_ubatch = 512
+    cp.n_batch = cp.n_ubatch = args.ubatch
     cp.flash_attn_type = 1  # Radar reads V untransposed
     cp.type_k = cp.type_v = GGML_TYPES[args.ctk]
     cp.n_threads = cp.n_threads_batch = args.threads
@@ -145,7 +152,7 @@ def main() -> None:
     mem = L.llama_get_memory(ctx)
 
     rng = np.random.default_rng(args.seed)
-    batch = L.llama_batch_init(512, 0, 1)
+    batch = L.llama_batch_init(args.ubatch, 0, 1)
 
     def decode(pos: int, n: int, want_last: bool) -> None:
         fill_batch(batch, rng.integers(16, n_vocab, size=n, dtype=np.int32), pos, want_last)
@@ -155,8 +162,8 @@ def main() -> None:
 
     def prefill(start: int, end: int) -> float:
         t0 = time.perf_counter()
-        for pos in range(start, end, 512):
-            decode(pos, min(512, end - pos), False)
+        for pos in range(start, end, args.ubatch):
+            decode(pos, min(args.ubatch, end - pos), False)
         L.llama_synchronize(ctx)
         return time.perf_counter() - t0
 
@@ -180,6 +187,7 @@ def main() -> None:
         "n_ctx": n_ctx,
         "rope_freq_scale": round(1.0 / rope_scale, 6),
         "block": args.block,
+        "ubatch": args.ubatch,
         "steps": args.steps,
         "rows": [],
     }

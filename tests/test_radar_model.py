@@ -371,3 +371,24 @@ def test_gemma3_iswa_exact(essays_available):
         np.abs(sparse - dense).max(),
         noise.max(),
     )
+
+
+def test_summaries_are_sized_for_the_full_cache(model_path):
+    """A long context's summary buffer holds the segments of a full cache, whose segment length is the one
+    for half of it (Radar recomputes the length each time the context doubles), not the shortest one: a
+    64k-cell cache of the bundled model (24 layers x 2 KV heads, 2*64+1 f16 values a summary) holds 2978
+    segments of 22+ cells (sqrt(32768)/8), not 4096 of 16 (the floor at the CPU's dense_below). That is
+    what lets a 1M-token context fit where its summaries of 32-cell segments did not."""
+    from radar_gguf import _lib
+
+    ctx = 65536
+    context_bytes = {}
+    for name, cfg in (("radar", RadarConfig()), ("dense", DENSE)):
+        with radar_gguf.load(model_path, ctx=ctx, radar=cfg, type_k=8, type_v=8, fit_check=False) as m:
+            totals = _lib.memory_totals(m.llama.ctx)
+            context_bytes[name] = totals[1] + totals[4]  # KV cache and summaries, host and device
+            if name == "radar":
+                assert m.radar.enabled
+    row = 24 * 2 * (2 * 64 + 1) * 2  # one segment's summaries, all layers and KV heads
+    summaries = context_bytes["radar"] - context_bytes["dense"]
+    assert (ctx // 22) * row <= summaries < (ctx // 22 + 1) * row  # + the 48 tensors' alignment

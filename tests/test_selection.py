@@ -178,6 +178,22 @@ def test_planted_key_is_found():
                 order[:, : 2 * geom.k_sel] == lib_order[:, : 2 * geom.k_sel]
             ).all()
     assert (rescored[1e-6] <= rescored[0.999]).all() and rescored[0.999].max() > rescored[1e-6].min()
+    # lowrank: with every principal direction (r = D) a sketch is the key to f16 rounding, so stage one ranks
+    # by the exact mass, like the oracle; a rank-2 sketch still holds the planted key's direction
+    full, _ = meth.method_order(meth.parse_method("lowrank:r=16", base), cap, p, geom, k64, valid, cache)
+    assert (full[:, :4] == oracle[:, :4]).all()
+    m = meth.parse_method("lowrank:r=2,rescore=2,mass_target=0.9", base)
+    order, n_sel = meth.method_order(m, cap, p, geom, k64, valid, cache)
+    assert sel.selection_metrics(p, order, geom, n_sel=n_sel)["hit@1"].mean() == 1.0
+    # sparq: with every channel of the query the logits are exact, so it ranks as the oracle too
+    full, _ = meth.method_order(meth.parse_method("sparq:r=16", base), cap, p, geom, k64, valid, cache)
+    assert (full[:, :4] == oracle[:, :4]).all()
+    with pytest.raises(ValueError, match="head size 16"):
+        meth.method_order(meth.parse_method("lowrank:r=17", base), cap, p, geom, k64, valid, cache)
+    with pytest.raises(ValueError, match="head size 16"):
+        meth.method_order(meth.parse_method("sparq:r=0", base), cap, p, geom, k64, valid, cache)
+    with pytest.raises(ValueError, match="per query head"):
+        meth.parse_method("lowrank:shared_gqa=true")
     with pytest.raises(ValueError, match="per query head"):
         meth.parse_method("adaptive:shared_gqa=true")
     with pytest.raises(ValueError, match="p must be a number"):

@@ -9,7 +9,15 @@ queries and keys (``lab.capture``) so that they can be compared at the same budg
   the summaries' ``cand x top_k`` best candidates exactly from their keys and keeps the best ``top_k``,
   ``adaptive`` is the library's two stages with a mass target whose candidate count adapts per head: the
   summaries' estimated shares (as ``mass``) decide how many segments stage two rescores, from ``rescore x
-  top_k`` up to ``cmax x top_k``, until the estimate reaches ``p1``.
+  top_k`` up to ``cmax x top_k``, until the estimate reaches ``p1``;
+- per-key sketches, not in the library: ``lowrank`` ranks each segment by the mass of its cells' logits computed
+  from rank-``r`` projections of the keys (a PCA basis per layer and KV head, the coefficients rounded to
+  f16, so ``2r`` bytes a cell and KV head where a ``meanvar`` summary holds ``4D/L``), then, like the summary
+  scores, takes the library's two stages (``rescore``, ``mass_target``). ``r`` = the head size is stage one
+  by the exact mass. ``sparq`` does the same with the ``r`` channels where the query is largest (SparQ
+  Attention's approximation: those channels of every key, the logits' temperature scaled by the share of
+  ``|q|`` they hold), a sketch that follows the query where ``lowrank``'s basis follows the keys. Both answer
+  how much of the gap between the summaries and the exact ranking a few bytes per key close.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from .records import parse_config
 
 METHODS = (
     "meanvar", "mean", "minmax", "union", "rf", "oracle", "oracle-op", "window", "random", "mass", "twostage",
-    "adaptive",
+    "adaptive", "lowrank", "sparq",
 )  # fmt: skip
 # options of the adaptive methods (not RadarConfig fields): mass target p between a floor and a ceiling of
 # tokens; two-stage: candidates = cand x the budget's segments, rescored exactly from their keys; adaptive:
@@ -36,7 +44,11 @@ METHOD_OPTIONS = {
     "mass": {"p": 0.9, "floor": 256, "ceil": 4096},
     "twostage": {"cand": 4.0},
     "adaptive": {"p1": 0.9, "cmax": 16.0},
+    "lowrank": {"r": 8.0},
+    "sparq": {"r": 8.0},
 }
+# the methods that rank like a summary score and so take the library's two stages (rescore, mass_target)
+STAGE_ONE = ("meanvar", "mean", "minmax", "union", "rf", "adaptive", "lowrank", "sparq")
 
 
 # -- exact attention and segment geometry -------------------------------------------------------------------
@@ -160,7 +172,9 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
     cfg = parse_config(score + (":" + ",".join(fields) if fields else ""), base)
     if name == "adaptive" and cfg.shared_gqa:
         raise ValueError(f"method {spec!r}: adaptive selects per query head (shared_gqa is not replayed)")
-    if name not in ("meanvar", "mean", "minmax", "union", "rf", "adaptive"):
+    if name in ("lowrank", "sparq") and cfg.shared_gqa:
+        raise ValueError(f"method {spec!r}: lowrank selects per query head (shared_gqa is not replayed)")
+    if name not in STAGE_ONE:
         # the library's two-stage selection applies to the summary scores; the other methods rank alone
         if any(f.partition("=")[0].strip() == "rescore" for f in fields):
             raise ValueError(f"method {spec!r}: rescore applies to the summary scores only (twostage: cand=)")
@@ -175,6 +189,22 @@ class SummaryCache:
     def __init__(self) -> None:
         self._s: dict[tuple, np.ndarray] = {}
         self.omegas: dict[tuple, np.ndarray] = {}
+        self._bases: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def basis(self, layer: int, k64: np.ndarray, valid: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per KV head the mean ``[Hkv, D]`` and the top ``r`` principal directions ``[Hkv, D, r]`` of the
+        valid keys, made once per layer from the first step's keys (a library would make them when Radar
+        switches on, from the prompt's keys, as it builds the first summaries)."""
+        key = (layer, r)
+        if key not in self._bases:
+            k = k64[valid]  # [n, Hkv, D]
+            mu = k.mean(axis=0)
+            basis = np.empty((k.shape[1], k.shape[2], r))
+            for h in range(k.shape[1]):
+                _, _, vt = np.linalg.svd(k[:, h, :] - mu[h], full_matrices=False)
+                basis[h] = vt[:r].T
+            self._bases[key] = (mu, basis)
+        return self._bases[key]
 
     def omega(self, d: int, m: int, seed: int) -> np.ndarray:
         key = (d, m, seed)
@@ -239,6 +269,11 @@ def method_order(
             lg = np.log(p[:, : nc * geom.seg_len])  # log p = logit - logsumexp: same ranking as the op's
         sc = ref._logsumexp(lg.reshape(hq, nc, geom.seg_len), axis=2)
         return _order_from_scores(sc, m.cfg.shared_gqa, g), None
+    if m.kind in ("lowrank", "sparq"):
+        scores = lowrank_scores if m.kind == "lowrank" else sparq_scores
+        sc = scores(cap, k64, valid, geom, int(m.option("r")), cache)
+        order = _order_from_scores(sc, False, g)
+        return _two_stages(m, cap, order, geom, k64, valid)
     score = m.cfg.score_id
     omega = None
     if score == ref.SCORE_RF:
@@ -262,11 +297,80 @@ def method_order(
         if info is not None:
             info["n_rescored"] = n_c
         return order, keep
+    return _two_stages(m, cap, order, geom, k64, valid)
+
+
+def _two_stages(
+    m: Method, cap: AttnCapture, order: np.ndarray, geom: Geometry, k64: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Stage one's ranking ``order`` through the library's stage two as ``m`` configures it."""
     if m.cfg.rescore > 1 and m.cfg.mass_target > 0:  # the library's two stages with a mass target
         return mass_target_order(m, cap, order, geom, k64, valid)
     if m.cfg.rescore > 1:  # the library's two-stage selection
         return twostage_order(m.cfg.rescore, cap, order, geom, k64), None
     return order, None
+
+
+def _sketch_cells(kind: str, r: int, k64: np.ndarray, valid: np.ndarray, geom: Geometry) -> np.ndarray:
+    """``[n_cand * L]`` bool: the cells a sketch ranking leaves out (unused ones, and the sinks: attended
+    anyway); checks the sketch's size ``r`` against the head size first."""
+    if not 1 <= r <= k64.shape[2]:
+        raise ValueError(f"{kind}: r must be between 1 and the head size {k64.shape[2]}, got {r}")
+    n = geom.n_cand * geom.seg_len
+    dead = ~valid[:n]
+    dead[: min(geom.n_sink, n)] = True
+    return dead
+
+
+def _segment_lse(cap: AttnCapture, lg: np.ndarray, dead: np.ndarray, geom: Geometry) -> np.ndarray:
+    """``[..., n_cand]``: sketched logits ``[..., n_cand * L]`` softcapped as the model's (no ALiBi), the dead
+    cells dropped, log-sum-exp'd per segment."""
+    if cap.softcap:
+        lg = cap.softcap * np.tanh(lg / cap.softcap)
+    lg[..., dead] = -np.inf
+    return ref._logsumexp(lg.reshape(*lg.shape[:-1], geom.n_cand, geom.seg_len), axis=-1)
+
+
+def sparq_scores(
+    cap: AttnCapture, k64: np.ndarray, valid: np.ndarray, geom: Geometry, r: int, cache: SummaryCache
+) -> np.ndarray:
+    """``[Hq, n_cand]``: the log of each candidate segment's attention mass with every logit computed from the
+    ``r`` channels where the query head's ``|q|`` is largest (keys rounded to f16, as cached), at the
+    temperature SparQ Attention uses, ``scale / sqrt(share)`` with ``share`` the part of ``|q|_1`` in those
+    channels. The sinks count nothing."""
+    del cache  # nothing to keep between steps: the channels follow each query
+    dead = _sketch_cells("sparq", r, k64, valid, geom)
+    n, g = len(dead), cap.q.shape[0] // k64.shape[1]
+    q = cap.q.astype(np.float64)
+    out = np.empty((q.shape[0], geom.n_cand))
+    for h in range(q.shape[0]):
+        idx = np.argsort(-np.abs(q[h]), kind="stable")[:r]
+        share = np.abs(q[h, idx]).sum() / max(np.abs(q[h]).sum(), 1e-30)
+        with np.errstate(invalid="ignore"):  # unused cells may hold NaN keys
+            lg = cap.scale / np.sqrt(share) * (k64[:n, h // g][:, idx] @ q[h, idx])  # [n]
+        out[h] = _segment_lse(cap, lg, dead, geom)
+    return out
+
+
+def lowrank_scores(
+    cap: AttnCapture, k64: np.ndarray, valid: np.ndarray, geom: Geometry, r: int, cache: SummaryCache
+) -> np.ndarray:
+    """``[Hq, n_cand]``: the log of each candidate segment's attention mass with every logit computed from a
+    rank-``r`` sketch of its key, ``scale (q.mu + (q P).c)`` with ``c = P^T (k - mu)`` rounded to f16 (the
+    basis ``P`` and mean ``mu`` of ``SummaryCache.basis``). The sinks count nothing (attended anyway)."""
+    dead = _sketch_cells("lowrank", r, k64, valid, geom)
+    n, hkv = len(dead), k64.shape[1]
+    g = cap.q.shape[0] // hkv
+    mu, basis = cache.basis(cap.layer, k64, valid, r)
+    q = cap.q.astype(np.float64)
+    out = np.empty((q.shape[0], geom.n_cand))
+    for h in range(hkv):
+        with np.errstate(invalid="ignore"):  # unused cells may hold NaN keys
+            c = ((k64[:n, h, :] - mu[h]) @ basis[h]).astype(np.float16).astype(np.float64)  # [n, r]
+        qh = q[h * g : (h + 1) * g]  # [g, D]
+        lg = cap.scale * ((qh @ mu[h])[:, None] + (qh @ basis[h]) @ c.T)  # [g, n]
+        out[h * g : (h + 1) * g] = _segment_lse(cap, lg, dead, geom)
+    return out
 
 
 def _exact_logits(cap: AttnCapture, k64: np.ndarray, cells: np.ndarray) -> np.ndarray:

@@ -143,16 +143,16 @@ def main() -> int:
     streams = [int(s) for s in args.streams.split(",")]
     texts = [filler(args.depth, seed=i + 1) for i in range(max(streams))]  # >= 1 token a word; cut below
     ctx = args.depth + args.max_tokens + 1024
-    results = {}
+    results: dict = {}
+    prefill_s: dict = {}  # the concurrent prefill of every slot, per mode
     for mode in args.modes.split(","):
         proc, url = start(args.model, ctx, max(streams), mode == "radar", extra)
         try:
             prompts = [fit(url, t, args.depth) for t in texts]
             t0 = time.perf_counter()
             round_(url, prompts, max(streams), 2)  # prefill every slot once
-            print(
-                f"{mode}: prefilled {max(streams)} slots in {time.perf_counter() - t0:.0f} s", file=sys.stderr
-            )
+            prefill_s[mode] = round(time.perf_counter() - t0, 1)
+            print(f"{mode}: prefilled {max(streams)} slots in {prefill_s[mode]:.0f} s", file=sys.stderr)
             rows = [round_(url, prompts, n, args.max_tokens) for n in streams]
         finally:
             proc.terminate()
@@ -169,7 +169,17 @@ def main() -> int:
             print(f"{r['streams']} streams: Radar/dense {r['tps'] / d['tps']:.2f}x")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"depth": args.depth, "cpu_threads": os.cpu_count(), **results}, indent=1)
+            json.dumps(
+                {
+                    "depth": args.depth,
+                    "cpu_threads": os.cpu_count(),
+                    "slots": max(streams),
+                    "prefill_s": prefill_s,
+                    "server_args": extra,
+                    **results,
+                },
+                indent=1,
+            )
         )
     return 0
 

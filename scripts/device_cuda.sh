@@ -196,7 +196,7 @@ case "${1:-}" in
     long)
         # decode at 128k-1M tokens over a cache filled by tiling one prefilled block, Radar then dense
         # (KV: cache type, default q8_0; BLOCK: the prefilled block; CHECK: a depth also prefilled for real;
-        # UBATCH: the physical batch, 512; smaller shrinks the compute buffer, which grows with it times the context):
+        # UBATCH: the physical batch, default 512):
         # long-SHAPE-KV-MODE.json, the log's buffer sizes (memory per component) printed
         shape=${2:-llama-8b}
         depths=${3:-131072,262144,524288,1048576}

@@ -112,8 +112,7 @@ def main() -> None:
         "--ubatch",
         type=int,
         default=512,
-        help="physical batch: the compute buffer grows with it times the context (a 1M context on an 80 GB "
-        "GPU needs it small)",
+        help="physical batch of the prefill and of the context (default 512)",
     )
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)

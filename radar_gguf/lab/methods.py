@@ -12,7 +12,7 @@ queries and keys (``lab.capture``) so that they can be compared at the same budg
   top_k`` up to ``cmax x top_k``, until the estimate reaches ``p1``;
 - per-key sketches, not in the library: ``lowrank`` ranks each segment by the mass of its cells' logits computed
   from rank-``r`` projections of the keys (a PCA basis per layer and KV head, the coefficients rounded to
-  f16, so ``2r`` bytes a cell and KV head where a ``meanvar`` summary holds ``4D/L``), then, like the summary
+  f16, so ``2r`` bytes a cell and KV head where a ``meanvar`` summary holds ``(4D + 2)/L``), then, like the summary
   scores, takes the library's two stages (``rescore``, ``mass_target``). ``r`` = the head size is stage one
   by the exact mass. ``sparq`` does the same with the ``r`` channels where the query is largest (SparQ
   Attention's approximation: those channels of every key, the logits' temperature scaled by the share of
@@ -173,7 +173,7 @@ def parse_method(spec: str, base: Optional[RadarConfig] = None) -> Method:
     if name == "adaptive" and cfg.shared_gqa:
         raise ValueError(f"method {spec!r}: adaptive selects per query head (shared_gqa is not replayed)")
     if name in ("lowrank", "sparq") and cfg.shared_gqa:
-        raise ValueError(f"method {spec!r}: lowrank selects per query head (shared_gqa is not replayed)")
+        raise ValueError(f"method {spec!r}: {name} selects per query head (shared_gqa is not replayed)")
     if name not in STAGE_ONE:
         # the library's two-stage selection applies to the summary scores; the other methods rank alone
         if any(f.partition("=")[0].strip() == "rescore" for f in fields):
